@@ -1,21 +1,227 @@
-"""Public Python API: compile() and load(). Filled in as frontends and backends land."""
+"""Public Python API: ``compile()`` a model into an engine artifact, ``load()`` one back.
+
+``compile`` = load the model into a Graph -> verify -> the standard pass pipeline -> the target
+backend's ``lower`` inside ``write_artifact`` -> load the engine. Each stage is timed; the CLI
+prints the timings. ``load_model`` is the one place that decides how a model is read.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import dataclasses
+import os
+import shutil
+import tempfile
+import time
+import weakref
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
-from qjc.errors import MissingComponentError
+from qjc.errors import MissingComponentError, QJCError
+
+if TYPE_CHECKING:
+    from qjc.artifact import Artifact
+    from qjc.backends.base import Backend, TargetOptions
+    from qjc.ir.graph import Graph
+    from qjc.runtime.engine import Engine
+
+DEFAULT_TARGET = "npu_stub"
 
 
 @dataclass(frozen=True)
 class Options:
-    target: str = "cpu"
-    dtype: str | None = None
+    """Target-independent compile options (a target's own options come from its backend)."""
+
+    target: str = DEFAULT_TARGET
+    # Run the standard pass pipeline (qjc.passes.pipeline); off compiles the graph as given.
+    optimize: bool = True
+    # Verify the graph before the pipeline and after every pass.
+    verify: bool = True
+    # Write the IR after every pass into this directory (as QJC_DUMP_IR does).
+    dump_ir: str | None = None
 
 
-def compile(model, example_inputs=None, target: str = "cpu", **options):  # noqa: A001
-    raise MissingComponentError("qjc.compile: no frontend has landed yet")
+@dataclass
+class BuildResult:
+    artifact: Artifact
+    # (stage, seconds) in order: load, verify, passes, lower, ...
+    timings: list[tuple[str, float]] = field(default_factory=list)
+    # (pass, seconds) for each pass of the pipeline
+    pass_timings: list[tuple[str, float]] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
 
 
-def load(path):
-    raise MissingComponentError("qjc.load: no artifact loader has landed yet")
+# ---- models ---------------------------------------------------------------------------------------
+
+_FRONTEND_PENDING = {
+    ".onnx": "the ONNX frontend (qjc.frontends.onnx)",
+    ".gguf": "the LLM frontend (qjc.frontends.llm)",
+}
+
+
+def _is_torch_module(model: Any) -> bool:
+    return any(c.__module__.startswith("torch.nn") and c.__name__ == "Module" for c in type(model).__mro__)
+
+
+def load_model(model: Any, example_inputs: Any = None) -> Graph:
+    """Read ``model`` into a qjc Graph: a Graph as is, or a path to a ``.qir`` IR text file (its
+    constants' data from ``MODEL.safetensors`` beside it, if present). Other kinds of model are
+    recognized here and sent to their frontend."""
+    from qjc.ir.graph import Graph
+
+    if isinstance(model, Graph):
+        return model
+    if _is_torch_module(model) or type(model).__name__ == "ExportedProgram":
+        try:
+            from qjc.frontends.torch_export import from_torch
+        except ImportError as e:
+            raise MissingComponentError(f"compiling a torch model needs torch: {e}",
+                                        "pip install 'qjc[torch]'") from None
+        return from_torch(model, example_inputs)
+    if not isinstance(model, (str, os.PathLike)):
+        raise QJCError(f"cannot compile a {type(model).__name__}",
+                       "pass a qjc Graph, an nn.Module, or a path to a .qir / .onnx / .gguf file")
+    path = Path(model)
+    if not path.exists():
+        raise QJCError(f"{path}: no such file or directory")
+    if path.is_dir():
+        if (path / "manifest.json").is_file():
+            raise QJCError(f"{path} is a compiled qjc artifact, not a model",
+                           "run it with `qjc run` or qjc.load()")
+        if (path / "config.json").is_file():
+            raise MissingComponentError(f"{path}: Hugging Face model directories need the LLM frontend "
+                                        "(qjc.frontends.llm), which has not landed in this qjc yet")
+        raise QJCError(f"{path} is a directory, not a model file")
+    suffix = path.suffix.lower()
+    if suffix == ".qir":
+        return _load_ir_file(path)
+    if suffix in _FRONTEND_PENDING:
+        raise MissingComponentError(f"{path}: {suffix} models need {_FRONTEND_PENDING[suffix]}, "
+                                    "which has not landed in this qjc yet")
+    raise QJCError(f"{path}: unknown model kind {suffix or '(no extension)'!r}",
+                   "qjc reads .qir (IR text), .onnx, .gguf, .pt2 files and Hugging Face directories")
+
+
+def _load_ir_file(path: Path) -> Graph:
+    from qjc.artifact import attach_constants
+    from qjc.ir.parser import parse_graph
+
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise QJCError(f"cannot read {path}: {e}") from None
+    graph = parse_graph(text, source=str(path))
+    weights = path.with_suffix(".safetensors")
+    if weights.is_file():
+        from qjc.safetensors_io import load_file
+
+        attach_constants(graph, load_file(weights), source=str(weights))
+    return graph
+
+
+# ---- compile ----------------------------------------------------------------------------------------
+
+
+def _split_options(backend: Backend, target: str, options: dict[str, Any]) -> tuple[Options, TargetOptions]:
+    general = {f.name for f in dataclasses.fields(Options)} - {"target"}
+    mine = {k: v for k, v in options.items() if k in general}
+    theirs = {k: v for k, v in options.items() if k not in general}
+    return Options(target=target, **mine), backend.make_options(**theirs)
+
+
+def verify_graph(graph: Graph) -> None:
+    """Raise VerifyError listing every problem of ``graph``."""
+    from qjc.ir.verifier import verify
+
+    verify(graph)
+
+
+def _optimize(graph: Graph, options: Options, capabilities: Any, pass_timings: list[tuple[str, float]],
+              notes: list[str]) -> Graph:
+    from qjc.passes.manager import DumpIRInstrument, PassContext, PassManager, VerifyInstrument
+    from qjc.passes.pipeline import standard_pipeline
+
+    manager = PassManager.from_knobs(standard_pipeline())
+    if not options.verify:
+        manager.instruments = [i for i in manager.instruments if not isinstance(i, VerifyInstrument)]
+    if options.dump_ir:
+        manager.instruments.insert(0, DumpIRInstrument(options.dump_ir))
+    ctx = PassContext(options=dataclasses.asdict(options), capabilities=capabilities)
+    graph = manager.run(graph, ctx)
+    pass_timings.extend(ctx.timings)
+    notes.extend(ctx.log)
+    return graph
+
+
+def build(model: Any, out_dir: str | os.PathLike, target: str = DEFAULT_TARGET, example_inputs: Any = None,
+          progress: Callable[[str], None] | None = None, **options: Any) -> BuildResult:
+    """Compile ``model`` for ``target`` into the artifact directory ``out_dir`` (replaced
+    atomically if it exists). ``progress`` is told when each stage starts."""
+    from qjc.artifact import write_artifact
+    from qjc.backends.base import get_backend
+
+    backend = get_backend(target)
+    general, target_options = _split_options(backend, target, options)
+    timings: list[tuple[str, float]] = []
+    pass_timings: list[tuple[str, float]] = []
+    notes: list[str] = []
+
+    def stage(name: str, fn: Callable[[], Any]) -> Any:
+        if progress is not None:
+            progress(name)
+        start = time.perf_counter()
+        value = fn()
+        timings.append((name, time.perf_counter() - start))
+        return value
+
+    # a copy: passes rewrite in place, and the caller's graph must stay as it was
+    graph = stage("load", lambda: load_model(model, example_inputs).copy())
+    if general.verify:
+        stage("verify", lambda: verify_graph(graph))
+    caps = backend.capabilities(target_options)
+    if general.optimize:
+        graph = stage("passes", lambda: _optimize(graph, general, caps, pass_timings, notes))
+    artifact = stage("lower", lambda: write_artifact(
+        out_dir, graph, backend.name, target_options, lambda d: backend.lower(graph, target_options, d)))
+    return BuildResult(artifact, timings, pass_timings, notes)
+
+
+def compile(model: Any, example_inputs: Any = None, target: str = DEFAULT_TARGET,  # noqa: A001
+            out_dir: str | os.PathLike | None = None, **options: Any) -> Engine:
+    """Compile ``model`` for ``target`` and return the loaded engine.
+
+    Without ``out_dir`` the artifact goes into a temporary directory that is removed when the
+    engine is garbage-collected. ``options`` are Options fields (optimize, verify, dump_ir) and
+    the target's own options (see ``qjc targets``)."""
+    tmp_root = None
+    if out_dir is None:
+        tmp_root = tempfile.mkdtemp(prefix="qjc-")
+        out_dir = Path(tmp_root) / "artifact"
+    try:
+        result = build(model, out_dir, target=target, example_inputs=example_inputs, **options)
+        engine = _load_verified(result.artifact)
+    except BaseException:
+        if tmp_root is not None:
+            shutil.rmtree(tmp_root, ignore_errors=True)
+        raise
+    if tmp_root is not None:
+        weakref.finalize(engine, shutil.rmtree, tmp_root, True)
+    return engine
+
+
+# ---- load --------------------------------------------------------------------------------------------
+
+
+def _load_verified(artifact: Artifact) -> Engine:
+    from qjc.backends.base import get_backend
+
+    return get_backend(artifact.target).load(artifact)
+
+
+def load(path: str | os.PathLike) -> Engine:
+    """The engine of the artifact at ``path``: its manifest is read, every file hash checked,
+    then the backend named by the manifest loads it."""
+    from qjc.artifact import verify_artifact
+
+    return _load_verified(verify_artifact(path))

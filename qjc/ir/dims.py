@@ -98,7 +98,7 @@ class SymExpr:
         return f"SymExpr({self})"
 
 
-Dim = Union[int, SymExpr]
+Dim = Union[int, SymExpr]  # noqa: UP007  (a runtime alias; `|` on a forward class fails on 3.10)
 
 
 def _as_terms(d: Dim) -> dict[Monomial, int]:

@@ -17,7 +17,6 @@ from qjc.ir.dtypes import bf16, f8e4m3, f16
 from qjc.ir.graph import Graph, Node, Value
 from qjc.ir.ops.registry import get_op
 
-
 # Narrow floats are computed in f32 by the reference and rounded back, as GPU kernels accumulate.
 _NARROW_FLOATS = {f16.np_dtype, bf16.np_dtype, f8e4m3.np_dtype}
 
@@ -64,15 +63,29 @@ def _check_input_dtype(value: Value, arr: Any) -> Any:
     return arr
 
 
-def evaluate_node(node: Node, args: list[Any]) -> list[Any]:
-    """Run one node's reference implementation; returns one array per output."""
+def _bind_attr(value: Any, symbols: Mapping[str, int]) -> Any:
+    """A symbolic dim (or a tuple holding some) with the bound symbol values put in, where known."""
+    if isinstance(value, SymExpr):
+        try:
+            return value.evaluate(dict(symbols))
+        except KeyError:
+            return value
+    if isinstance(value, tuple) and any(isinstance(v, SymExpr) for v in value):
+        return tuple(_bind_attr(v, symbols) for v in value)
+    return value
+
+
+def evaluate_node(node: Node, args: list[Any], symbols: Mapping[str, int] | None = None) -> list[Any]:
+    """Run one node's reference implementation; returns one array per output. ``symbols`` (from
+    bind_symbols) turns symbolic dims in attributes, such as a reshape target, into ints."""
     if node.op == "fused":
         return run(node.subgraph, args)
     opdef = get_op(node.op)
     if opdef.widen:
         args = [a.astype(np.float32) if isinstance(a, np.ndarray) and a.dtype in _NARROW_FLOATS else a for a in args]
+    attrs = {k: _bind_attr(v, symbols) for k, v in node.attrs.items()} if symbols else node.attrs
     try:
-        result = opdef.ref(*args, **node.attrs)
+        result = opdef.ref(*args, **attrs)
     except QJCError:
         raise
     except Exception as e:  # a reference bug or an input the type system let through
@@ -91,7 +104,8 @@ def evaluate_node(node: Node, args: list[Any]) -> list[Any]:
     return out
 
 
-def run(graph: Graph, inputs: Sequence[Any] | Mapping[str, Any], constants: Mapping[str, Any] | None = None) -> list[Any]:
+def run(graph: Graph, inputs: Sequence[Any] | Mapping[str, Any],
+        constants: Mapping[str, Any] | None = None) -> list[Any]:
     """Evaluate ``graph``. ``inputs`` is a list in signature order or a dict by input name.
     ``constants`` supplies data for constants declared without it (e.g. a parsed graph)."""
     if isinstance(inputs, Mapping):
@@ -104,7 +118,7 @@ def run(graph: Graph, inputs: Sequence[Any] | Mapping[str, Any], constants: Mapp
         if len(arrays) != len(graph.inputs):
             raise QJCError(f"graph {graph.name} takes {len(graph.inputs)} inputs, got {len(arrays)}")
     arrays = [_check_input_dtype(v, a) for v, a in zip(graph.inputs, arrays)]
-    bind_symbols(graph, arrays)
+    symbols = bind_symbols(graph, arrays)
     env: dict[Value, Any] = dict(zip(graph.inputs, arrays))
     for name, c in graph.constants.items():
         data = c.data if c.data is not None else (constants or {}).get(name)
@@ -113,6 +127,6 @@ def run(graph: Graph, inputs: Sequence[Any] | Mapping[str, Any], constants: Mapp
                            "pass its array in constants= or load the artifact's weights")
         env[c.value] = data
     for node in graph.nodes:
-        outs = evaluate_node(node, [env[v] for v in node.inputs])
+        outs = evaluate_node(node, [env[v] for v in node.inputs], symbols)
         env.update(zip(node.outputs, outs))
     return [env[v] for v in graph.outputs]

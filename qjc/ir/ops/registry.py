@@ -122,7 +122,8 @@ class OpDef:
             except ValueError as e:
                 raise IRError(f"{where}: attribute {name!r} of {self.name}: {e}") from None
             if spec.choices is not None and value not in spec.choices:
-                raise IRError(f"{where}: attribute {name!r} of {self.name} must be one of {spec.choices}, got {value!r}")
+                raise IRError(f"{where}: attribute {name!r} of {self.name} must be one of {spec.choices}, "
+                              f"got {value!r}")
             out[name] = value
         return out
 

@@ -1,0 +1,253 @@
+"""The ``qjc`` command.
+
+Exit codes: 0 success; 1 a user error (any QJCError: bad model, unsupported op, bad artifact),
+printed as ``error: ...`` without a traceback; 2 bad usage (argparse); 3 a bug in qjc (the
+traceback is shown with QJC_DEBUG>=1). Results go to stdout, progress to stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import traceback
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, TextIO
+
+from qjc.errors import QJCError
+
+EXIT_OK, EXIT_USER, EXIT_USAGE, EXIT_INTERNAL = 0, 1, 2, 3
+
+
+def _table(rows: list[list[str]], out: TextIO) -> None:
+    if not rows:
+        return
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]
+    for r in rows:
+        cells = [c.ljust(w) for c, w in zip(r[:-1], widths, strict=True)] + [r[-1]]
+        print("  ".join(cells).rstrip(), file=out)
+
+
+# ---- commands -------------------------------------------------------------------------------------
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from qjc.demo import run_demo
+
+    return run_demo(args.output)
+
+
+def cmd_targets(args: argparse.Namespace) -> int:
+    from qjc.backends.base import discover_backends
+
+    rows = [["TARGET", "USABLE", "SOURCE", "DETAILS"]]
+    for name, info in discover_backends().items():
+        if info.broken:
+            rows.append([info.name, "broken", info.source, f"{info.target}: {info.error}"])
+            continue
+        ok, why = info.availability()
+        desc = info.backend_class.description if info.backend_class else ""
+        rows.append([name, "yes" if ok else "no", info.source, "; ".join(x for x in (desc, why) if x)])
+    _table(rows, sys.stdout)
+    return EXIT_OK
+
+
+def cmd_ops(args: argparse.Namespace) -> int:
+    from qjc.ir.ops.registry import REGISTRY, _load_families
+
+    _load_families()
+    rows = [["OP", "FAMILY", "INPUTS", "ATTRIBUTES"]]
+    for op in sorted(REGISTRY.values(), key=lambda o: (o.family, o.name)):
+        if args.family and op.family != args.family:
+            continue
+        lo, hi = op.inputs
+        arity = str(lo) if lo == hi else (f"{lo}+" if hi < 0 else f"{lo}-{hi}")
+        attrs = ", ".join(f"{n}: {a.kind}" + ("" if a.required else f"={a.default!r}")
+                          for n, a in op.attrs.items())
+        rows.append([op.name, op.family, arity, attrs or "-"])
+    if len(rows) == 1:
+        raise QJCError(f"no ops in family {args.family!r}",
+                       f"families: {', '.join(sorted({o.family for o in REGISTRY.values()}))}")
+    _table(rows, sys.stdout)
+    return EXIT_OK
+
+
+def cmd_knobs(args: argparse.Namespace) -> int:
+    from qjc import knobs
+
+    print(knobs.describe())
+    return EXIT_OK
+
+
+def cmd_dump(args: argparse.Namespace) -> int:
+    from qjc.api import load_model, verify_graph
+    from qjc.ir.printer import print_graph
+
+    graph = load_model(args.model)
+    verify_graph(graph)
+    sys.stdout.write(print_graph(graph))
+    return EXIT_OK
+
+
+def _parse_option_pairs(pairs: Sequence[str]) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip():
+            raise QJCError(f"-O {pair!r}: expected KEY=VALUE")
+        out[key.strip()] = value.strip()
+    return out
+
+
+def cmd_compile(args: argparse.Namespace) -> int:
+    from qjc.api import build
+    from qjc.backends.base import get_backend
+
+    model = Path(args.model)
+    out = Path(args.output) if args.output else Path(f"{model.stem}.{args.target}.qjc")
+    backend = get_backend(args.target)
+    target_options = backend.options_class.from_strings(_parse_option_pairs(args.option))
+    options = {f: getattr(target_options, f) for f in target_options.field_names()}
+    show_progress = sys.stderr.isatty()
+
+    def progress(stage: str) -> None:
+        if show_progress:
+            print(f"[qjc] {stage} ...", file=sys.stderr, flush=True)
+
+    result = build(model, out, target=args.target, progress=progress, optimize=not args.no_optimize,
+                   dump_ir=args.dump_ir, **options)
+    width = max(len(name) for name, _ in result.timings)
+    for name, seconds in result.timings:
+        print(f"  {name:<{width}}  {seconds * 1e3:9.1f} ms")
+    print(f"  {'total':<{width}}  {sum(s for _, s in result.timings) * 1e3:9.1f} ms")
+    if _debug_level() == 1:  # level 2 and up already printed each note as it happened
+        for note in result.notes:
+            print(f"[qjc] {note}", file=sys.stderr)
+    manifest = result.artifact.manifest
+    print(f"wrote {out} (target {manifest['target']}, {len(manifest['files'])} files + manifest)")
+    return EXIT_OK
+
+
+def _load_npz(path: Path) -> dict[str, Any]:
+    import numpy as np
+
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            return {k: npz[k] for k in npz.files}
+    except (OSError, ValueError) as e:
+        raise QJCError(f"cannot read inputs from {path}: {e}",
+                       "give a .npz file written by numpy.savez") from None
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from qjc.api import load
+
+    engine = load(args.artifact)
+    inputs = _load_npz(Path(args.inputs)) if args.inputs else {}
+    names = [s.name for s in engine.signature.inputs]
+    if not args.inputs and names:
+        raise QJCError(f"the engine takes inputs {', '.join(names)}", "pass them with --inputs FILE.npz")
+    result = engine(**inputs) if inputs else engine()
+    outputs = result if isinstance(result, list) else [result]
+    named = {spec.name: out for spec, out in zip(engine.signature.outputs, outputs, strict=True)}
+    for name, arr in named.items():
+        shape = ",".join(str(d) for d in np.shape(arr))
+        print(f"{name}: {getattr(arr, 'dtype', type(arr).__name__)}[{shape}]")
+    if args.out:
+        np.savez(args.out, **{k: np.asarray(v) for k, v in named.items()})
+        print(f"wrote {args.out}")
+    return EXIT_OK
+
+
+# ---- parser and entry -------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from qjc import __version__
+
+    parser = argparse.ArgumentParser(prog="qjc", description="qjc: an ahead-of-time inference compiler")
+    parser.add_argument("--version", action="version", version=f"qjc {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    p = sub.add_parser("demo", help="compile and run the built-in default model (all-MiniLM-L6-v2)")
+    p.add_argument("-o", "--output", help="artifact directory (default: minilm.qjc)")
+    p.set_defaults(func=cmd_demo)
+    p = sub.add_parser("targets", help="list backends, whether each can run here, and broken plug-ins")
+    p.set_defaults(func=cmd_targets)
+
+    p = sub.add_parser("ops", help="list the IR ops: name, family, inputs, attributes")
+    p.add_argument("--family", help="only this op family")
+    p.set_defaults(func=cmd_ops)
+
+    p = sub.add_parser("knobs", help="list every QJC_* environment variable")
+    p.set_defaults(func=cmd_knobs)
+
+    p = sub.add_parser("dump", help="read a model, verify it and print its IR")
+    p.add_argument("model", help="a .qir IR text file (other model kinds as their frontends land)")
+    p.set_defaults(func=cmd_dump)
+
+    p = sub.add_parser("compile", help="compile a model into an engine artifact")
+    p.add_argument("model", help="a .qir IR text file (constants from MODEL.safetensors beside it)")
+    p.add_argument("--target", "-t", default="npu_stub", help="backend to compile for (see `qjc targets`)")
+    p.add_argument("-o", "--output", help="artifact directory (default: MODEL.TARGET.qjc here)")
+    p.add_argument("-O", "--option", action="append", default=[], metavar="KEY=VALUE",
+                   help="a target option; repeat for several")
+    p.add_argument("--no-optimize", action="store_true", help="skip the pass pipeline")
+    p.add_argument("--dump-ir", metavar="DIR", help="write the IR after every pass into DIR")
+    p.set_defaults(func=cmd_compile)
+
+    p = sub.add_parser("run", help="run an artifact on inputs from a .npz file")
+    p.add_argument("artifact", help="an artifact directory written by `qjc compile`")
+    p.add_argument("--inputs", "-i", metavar="FILE.npz", help="inputs by name")
+    p.add_argument("--out", metavar="FILE.npz", help="write the outputs here, by name")
+    p.set_defaults(func=cmd_run)
+    return parser
+
+
+def _debug_level() -> int:
+    from qjc import knobs
+
+    try:
+        return int(knobs.DEBUG.get())
+    except QJCError:
+        return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as e:  # --help / --version exit 0, usage errors 2
+        return e.code if isinstance(e.code, int) else EXIT_USAGE
+    if args.command is None:
+        parser.print_usage(sys.stderr)
+        print("qjc: error: a command is required", file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        return args.func(args)
+    except QJCError as e:
+        if e.exit_code == EXIT_INTERNAL:
+            print(f"internal error (a bug in qjc; please report it): {e}", file=sys.stderr)
+            if _debug_level() >= 1:
+                traceback.print_exc()
+            return EXIT_INTERNAL
+        print(f"error: {e}", file=sys.stderr)
+        if _debug_level() >= 2:
+            traceback.print_exc()
+        return e.exit_code
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except Exception as e:
+        print(f"internal error (a bug in qjc; please report it): {type(e).__name__}: {e}", file=sys.stderr)
+        if _debug_level() >= 1:
+            traceback.print_exc()
+        else:
+            print("set QJC_DEBUG=1 to see the traceback", file=sys.stderr)
+        return EXIT_INTERNAL
+
+
+if __name__ == "__main__":
+    sys.exit(main())
