@@ -73,6 +73,10 @@ class Graph:
         self.nodes: list[Node] = []
         self.constants: dict[str, Constant] = {}
         self.symbols: dict[str, SymRange] = {}
+        # Inputs that are state (a KV cache): the runtime owns them across calls, and the last
+        # len(state) outputs are their new contents, in this order. Functional in the IR; a
+        # backend may update them in place.
+        self.state: list[str] = []
         self._names: set[str] = set()
         self._counter = itertools.count()
 
@@ -146,6 +150,12 @@ class Graph:
     def set_outputs(self, *values: Value) -> None:
         self.outputs = list(values)
 
+    def state_updates(self) -> list[tuple[Value, Value]]:
+        """(state input, value holding its new contents) pairs."""
+        by_name = {v.name: v for v in self.inputs}
+        tail = self.outputs[len(self.outputs) - len(self.state):] if self.state else []
+        return [(by_name[name], new) for name, new in zip(self.state, tail)]
+
     # ---- queries ------------------------------------------------------------------------------
     def constant_data(self, value: Value) -> Any | None:
         c = self.constants.get(value.name)
@@ -218,6 +228,7 @@ class Graph:
         """A structural deep copy (new Values and Nodes); constant data arrays are shared."""
         g = Graph(self.name)
         g.symbols = dict(self.symbols)
+        g.state = list(self.state)
         remap: dict[Value, Value] = {}
 
         def clone(v: Value, producer: Node | None = None) -> Value:

@@ -463,6 +463,8 @@ class _Parser:
                 if parent is not None:
                     cur.fail("'sym' lines belong to the top graph; subgraphs inherit its symbols")
                 self._symbol(cur, graph)
+            elif cur.take_keyword("state"):
+                self._state(cur, graph, scope)
             elif cur.take_keyword("const"):
                 self._constant(cur, graph, scope)
             elif cur.take_keyword("return"):
@@ -493,6 +495,20 @@ class _Parser:
             if cur.at_end() or cur.text.startswith("{", cur.pos):
                 cur.fail("unbalanced '(' in the graph header: expected ')'")
             cur.fail(f"expected ',' or ')' after input %{name}, found {cur.found()}")
+
+    def _state(self, cur: _Cursor, graph: Graph, scope: _Scope) -> None:
+        """`state %k, %v`: these inputs are state; the last outputs are their new contents."""
+        inputs = {v.name for v in graph.inputs}
+        while True:
+            name = cur.value_name("in a state line")
+            if name not in inputs:
+                cur.fail(f"state %{name} is not an input of graph {graph.name}")
+            if name in graph.state:
+                cur.fail(f"state %{name} is listed twice")
+            graph.state.append(name)
+            if not cur.take(","):
+                break
+        cur.expect_end("after the state list")
 
     def _symbol(self, cur: _Cursor, graph: Graph) -> None:
         m = _SYM_LINE.fullmatch(cur.line.text)

@@ -55,6 +55,8 @@ def _emit_graph(graph: Graph, depth: int, top: bool, inline_limit: int, lines: l
     if top:  # subgraphs inherit the top graph's symbols, so only it declares them
         for name, symbol_range in graph.symbols.items():
             lines.append(f"{body}sym {name}: {symbol_range}")
+    if graph.state:
+        lines.append(f"{body}state " + ", ".join(f"%{name}" for name in graph.state))
     for constant in graph.constants.values():
         lines.append(body + _constant_line(constant, inline_limit))
     for node in graph.nodes:

@@ -290,6 +290,20 @@ def _dims_attrs(graph: Graph) -> Iterator[tuple[str, tuple]]:
             yield from _dims_attrs(node.subgraph)
 
 
+def check_state(graph: Graph, top: bool) -> Iterator[str]:
+    """State inputs exist, and the trailing outputs that update them have their types."""
+    inputs = {v.name: v for v in graph.inputs}
+    if len(graph.state) > len(graph.outputs):
+        yield f"{len(graph.state)} state inputs but only {len(graph.outputs)} outputs to update them"
+        return
+    tail = graph.outputs[len(graph.outputs) - len(graph.state):] if graph.state else []
+    for name, new in zip(graph.state, tail):
+        if name not in inputs:
+            yield f"state %{name} is not a graph input"
+        elif inputs[name].type != new.type:
+            yield f"state %{name}: {inputs[name].type} is updated by %{new.name}: {new.type}"
+
+
 # The table: (name, check). Order matters only for the order problems are listed in.
 CHECKS: list[tuple[str, Check]] = [
     ("ops registered", check_ops_registered),
@@ -303,4 +317,5 @@ CHECKS: list[tuple[str, Check]] = [
     ("subgraphs", check_subgraphs),
     ("constant data", check_constant_data),
     ("symbols declared", check_symbols_declared),
+    ("state", check_state),
 ]
