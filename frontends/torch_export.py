@@ -19,7 +19,7 @@ import torch.fx
 from qjc.errors import QJCError, UnsupportedOpsError
 from qjc.frontends.aten import TABLE, ConvertContext
 from qjc.frontends.torch_types import qjc_dtype, size_to_dim, sympy_to_dim
-from qjc.ir import Graph, TensorType
+from qjc.ir import Graph, TensorType, Value
 from qjc.ir.dims import Dim
 
 # Ops qjc converts whole instead of letting torch decompose them: they map onto one IR op
@@ -144,6 +144,15 @@ def import_exported(ep: torch.export.ExportedProgram, name: str = "main", dynami
     env: dict[str, Any] = {}
     sig = ep.graph_signature
     specs = {s.arg.name: s for s in sig.input_specs}
+    # buffers the program writes (a KV cache) become state: runtime-owned inputs whose new
+    # contents are the graph's trailing outputs
+    mutated = [s.target for s in sig.output_specs if s.kind == OutputKind.BUFFER_MUTATION]
+    unsupported_kinds = [s for s in sig.output_specs if s.kind not in (OutputKind.USER_OUTPUT,
+                                                                       OutputKind.BUFFER_MUTATION)]
+    if unsupported_kinds:
+        raise QJCError(f"{source}: output of kind {unsupported_kinds[0].kind.name} ({unsupported_kinds[0].target}) "
+                       "is not supported in an inference graph")
+    state_inputs: dict[str, Value] = {}
     state = dict(ep.state_dict)
     state.update(ep.constants)
     for node in ep.graph.nodes:
@@ -157,6 +166,10 @@ def import_exported(ep: torch.export.ExportedProgram, name: str = "main", dynami
                                "only tensor inputs are supported")
             shape = tuple(size_to_dim(s, names) for s in val.shape)
             env[node.name] = graph.add_input(node.name, TensorType(shape, qjc_dtype(val.dtype, node.name)))
+        elif spec is not None and spec.kind == InputKind.BUFFER and spec.target in mutated:
+            shape = tuple(size_to_dim(s, names) for s in val.shape)
+            state_inputs[spec.target] = graph.add_input(spec.target, TensorType(shape, qjc_dtype(val.dtype, node.name)))
+            env[node.name] = state_inputs[spec.target]
         elif spec is not None and spec.kind in (InputKind.PARAMETER, InputKind.BUFFER, InputKind.CONSTANT_TENSOR):
             tensor = state[spec.target]
             env[node.name] = graph.add_constant(spec.target, tensor_to_numpy(tensor))
@@ -164,6 +177,8 @@ def import_exported(ep: torch.export.ExportedProgram, name: str = "main", dynami
             kind = spec.kind.name if spec is not None else "unknown"
             raise QJCError(f"{source}: input {node.name} of kind {kind} is not supported")
 
+    # user inputs first, state after them, whatever order torch lifted the placeholders in
+    graph.inputs = [v for v in graph.inputs if v not in state_inputs.values()] + list(state_inputs.values())
     ctx = ConvertContext(graph, names, source)
     for node in ep.graph.nodes:
         if node.op == "call_function":
@@ -183,12 +198,9 @@ def import_exported(ep: torch.export.ExportedProgram, name: str = "main", dynami
         elif node.op == "output":
             outputs = node.args[0]
             user = [o for o, s in zip(outputs, sig.output_specs) if s.kind == OutputKind.USER_OUTPUT]
-            mutated = [s for s in sig.output_specs if s.kind != OutputKind.USER_OUTPUT]
-            if mutated:
-                raise QJCError(f"{source}: the module mutates state ({mutated[0].kind.name} of "
-                               f"{mutated[0].target}); in-place state is supported through the LLM frontend only")
-            values = [env[o.name] for o in user]
-            graph.set_outputs(*[ctx.as_value(v) for v in values])
+            writes = [o for o, s in zip(outputs, sig.output_specs) if s.kind == OutputKind.BUFFER_MUTATION]
+            graph.set_outputs(*[ctx.as_value(env[o.name]) for o in user + writes])
+            graph.state = [state_inputs[target].name for target in mutated]
     return graph
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import shutil
+import sys
 import tempfile
 import time
 import weakref
@@ -56,7 +57,6 @@ class BuildResult:
 
 _FRONTEND_PENDING = {
     ".onnx": "the ONNX frontend (qjc.frontends.onnx)",
-    ".gguf": "the LLM frontend (qjc.frontends.llm)",
 }
 
 
@@ -79,6 +79,11 @@ def load_model(model: Any, example_inputs: Any = None) -> Graph:
             raise MissingComponentError(f"compiling a torch model needs torch: {e}",
                                         "pip install 'qjc[torch]'") from None
         return from_torch(model, example_inputs)
+    if isinstance(model, str) and is_module_spec(model):
+        module, inputs, dynamic = call_module_spec(model)
+        from qjc.frontends.torch_export import from_torch
+
+        return from_torch(module, inputs, dynamic_shapes=dynamic)
     if not isinstance(model, (str, os.PathLike)):
         raise QJCError(f"cannot compile a {type(model).__name__}",
                        "pass a qjc Graph, an nn.Module, or a path to a .qir / .onnx / .gguf file")
@@ -90,17 +95,57 @@ def load_model(model: Any, example_inputs: Any = None) -> Graph:
             raise QJCError(f"{path} is a compiled qjc artifact, not a model",
                            "run it with `qjc run` or qjc.load()")
         if (path / "config.json").is_file():
-            raise MissingComponentError(f"{path}: Hugging Face model directories need the LLM frontend "
-                                        "(qjc.frontends.llm), which has not landed in this qjc yet")
+            return _llm_frontend()(path)
         raise QJCError(f"{path} is a directory, not a model file")
     suffix = path.suffix.lower()
     if suffix == ".qir":
         return _load_ir_file(path)
+    if suffix == ".gguf":
+        return _llm_frontend()(path)
     if suffix in _FRONTEND_PENDING:
         raise MissingComponentError(f"{path}: {suffix} models need {_FRONTEND_PENDING[suffix]}, "
                                     "which has not landed in this qjc yet")
     raise QJCError(f"{path}: unknown model kind {suffix or '(no extension)'!r}",
                    "qjc reads .qir (IR text), .onnx, .gguf, .pt2 files and Hugging Face directories")
+
+
+def _llm_frontend() -> Callable[[Path], Graph]:
+    try:
+        from qjc.frontends.llm import from_llm
+    except ImportError as e:
+        raise MissingComponentError(f"language models need torch and transformers: {e}",
+                                    "pip install 'qjc[torch,llm]'") from None
+    return from_llm
+
+
+def is_module_spec(text: str) -> bool:
+    """`package.module:function`, not a Windows drive or an existing path."""
+    head, sep, tail = text.partition(":")
+    return bool(sep) and tail.isidentifier() and all(p.isidentifier() for p in head.split(".")) \
+        and not Path(text).exists()
+
+
+def call_module_spec(spec: str) -> tuple[Any, tuple, Any]:
+    """Import `package.module:function` and call it; it returns (module, example_inputs) or
+    (module, example_inputs, dynamic_shapes)."""
+    import importlib
+
+    mod_name, _, fn_name = spec.partition(":")
+    if os.getcwd() not in sys.path:  # as `python -m` does, so local modules resolve
+        sys.path.insert(0, os.getcwd())
+    try:
+        fn = getattr(importlib.import_module(mod_name), fn_name)
+    except (ImportError, AttributeError) as e:
+        raise QJCError(f"{spec}: cannot import: {e}") from None
+    try:
+        result = fn()
+    except Exception as e:
+        raise QJCError(f"{spec}: calling it failed: {type(e).__name__}: {e}") from e
+    if not isinstance(result, tuple) or len(result) not in (2, 3):
+        raise QJCError(f"{spec} must return (module, example_inputs) or (module, example_inputs, dynamic_shapes), "
+                       f"got {type(result).__name__}")
+    module, inputs = result[0], tuple(result[1]) if isinstance(result[1], (list, tuple)) else (result[1],)
+    return module, inputs, result[2] if len(result) == 3 else None
 
 
 def _load_ir_file(path: Path) -> Graph:

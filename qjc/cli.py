@@ -79,6 +79,10 @@ def cmd_knobs(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+MODEL_HELP = ("a model: .qir IR text, .onnx file, Hugging Face model directory, .gguf file, or "
+              "package.module:function returning (nn.Module, example_inputs[, dynamic_shapes])")
+
+
 def cmd_dump(args: argparse.Namespace) -> int:
     from qjc.api import load_model, verify_graph
     from qjc.ir.printer import print_graph
@@ -86,6 +90,13 @@ def cmd_dump(args: argparse.Namespace) -> int:
     graph = load_model(args.model)
     verify_graph(graph)
     sys.stdout.write(print_graph(graph))
+    return EXIT_OK
+
+
+def cmd_explain(args: argparse.Namespace) -> int:
+    from qjc.explain import explain
+
+    explain(args.model, args.target)
     return EXIT_OK
 
 
@@ -185,8 +196,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_knobs)
 
     p = sub.add_parser("dump", help="read a model, verify it and print its IR")
-    p.add_argument("model", help="a .qir IR text file (other model kinds as their frontends land)")
+    p.add_argument("model", help=MODEL_HELP)
     p.set_defaults(func=cmd_dump)
+
+    p = sub.add_parser("explain", help="op-coverage report: what the frontend converts and the target accepts")
+    p.add_argument("model", help=MODEL_HELP)
+    p.add_argument("--target", help="also report the target backend's acceptance after the standard pipeline")
+    p.set_defaults(func=cmd_explain)
 
     p = sub.add_parser("compile", help="compile a model into an engine artifact")
     p.add_argument("model", help="a .qir IR text file (constants from MODEL.safetensors beside it)")

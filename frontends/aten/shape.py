@@ -188,6 +188,23 @@ def arange(ctx, *args, **kwargs):
     return ctx.op("iota", shape=[length], dtype=dtype, start=start)
 
 
+@converts("aten.index_copy.default")
+def index_copy(ctx, x, dim, index, src):
+    return ctx.op("index_copy", x, index, src, axis=dim % x.type.rank)
+
+
+@converts("aten.index_put.default")
+def index_put(ctx, x, indices, values, accumulate=False):
+    """x[:, :, pos] = v with one index tensor is an index_copy; other forms are not supported."""
+    used = [i for i, v in enumerate(indices) if v is not None]
+    if accumulate or len(used) != 1 or indices[used[0]].type.rank != 1:
+        raise ctx.fail("index_put is supported only as a write of whole slices along one axis")
+    axis = used[0]
+    if values.type.rank != x.type.rank:
+        raise ctx.fail("index_put with a broadcast value is not supported")
+    return ctx.op("index_copy", x, indices[axis], values, axis=axis)
+
+
 @converts("aten.sym_size.int")
 def sym_size(ctx, x, dim):
     return x.type.shape[dim]

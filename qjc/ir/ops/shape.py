@@ -563,3 +563,31 @@ register(OpDef("index", "shape", (2, -1), _index_infer, _index, widen=False,
                attrs={"axis": Attr("int", 0)},
                doc="numpy advanced indexing on consecutive axes from `axis`: data[..., i0, i1, ...] with the "
                    "index tensors broadcast together; negative indices wrap"))
+
+# ---- index_copy (a functional cache write) -------------------------------------------------------
+
+
+def _index_copy_infer(ts: list[TensorType], attrs) -> list[TensorType]:
+    x, index, src = ts
+    axis = norm_axis(attrs["axis"], x.rank)
+    if not index.dtype.is_int or index.rank != 1:
+        raise ValueError(f"index must be a 1-D integer tensor, got {index}")
+    if src.dtype != x.dtype or src.rank != x.rank:
+        raise ValueError(f"source {src} must match the destination's dtype and rank ({x})")
+    want = x.shape[:axis] + (index.shape[0],) + x.shape[axis + 1:]
+    for a, b in zip(src.shape, want):
+        if isinstance(a, int) and isinstance(b, int) and a != b:
+            raise ValueError(f"source shape {src} does not fit {x} at {index.shape[0]} positions of axis {axis}")
+    return [x]
+
+
+def _index_copy(x: np.ndarray, index: np.ndarray, src: np.ndarray, axis: int = 0) -> np.ndarray:
+    out = x.copy()
+    out[(slice(None),) * (axis % x.ndim) + (index,)] = src
+    return out
+
+
+register(OpDef("index_copy", "shape", (3, 3), _index_copy_infer, _index_copy, widen=False,
+               attrs={"axis": Attr("int")},
+               doc="x with the slices at `index` along `axis` replaced by src (torch index_copy); "
+                   "how a static KV cache is written"))

@@ -515,3 +515,21 @@ def test_index_matches_torch_advanced_indexing(axis, index_shapes):
     want = torch.from_numpy(data)[(slice(None),) * axis + tuple(torch.from_numpy(a) for a in idx)].numpy()
     assert g.outputs[0].type.shape == want.shape
     np.testing.assert_array_equal(got, want)
+
+
+@pytest.mark.parametrize("dtype", [f32, bf16], ids=lambda d: d.name)
+def test_index_copy_matches_torch(dtype):
+    rng = np.random.default_rng(11)
+    cache = rng.standard_normal((2, 3, 8, 4)).astype(dtype.np_dtype)
+    src = rng.standard_normal((2, 3, 2, 4)).astype(dtype.np_dtype)
+    pos = np.array([5, 2])
+    g = _new_graph()
+    c = g.add_input("c", TensorType(cache.shape, dtype))
+    p = g.add_input("p", TensorType((2,), i64))
+    s = g.add_input("s", TensorType(src.shape, dtype))
+    g.set_outputs(g.op("index_copy", c, p, s, axis=2))
+    got = run(g, [cache, pos, src])[0]
+    want = torch.from_numpy(cache.astype(np.float32)).index_copy(
+        2, torch.from_numpy(pos), torch.from_numpy(src.astype(np.float32))).numpy()
+    np.testing.assert_array_equal(got.astype(np.float32), want)
+    assert_roundtrip(g)
