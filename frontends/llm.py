@@ -55,10 +55,15 @@ def load_causal_lm(path: str | Path, dtype: torch.dtype = torch.float32, tokeniz
         raise QJCError(f"{path}: expected a Hugging Face model directory or a .gguf file")
     try:
         model = AutoModelForCausalLM.from_pretrained(where, dtype=dtype, **kwargs).eval()
-        tok = AutoTokenizer.from_pretrained(where, **kwargs) if tokenizer else None
     except Exception as e:  # transformers raises many types for unreadable models
         first = (str(e).strip().splitlines() or [type(e).__name__])[0]
         raise QJCError(f"{path}: transformers could not load the model: {type(e).__name__}: {first}") from e
+    tok = None
+    if tokenizer:
+        try:
+            tok = AutoTokenizer.from_pretrained(where, **kwargs)
+        except Exception:  # a model without tokenizer files still compiles; generate() then takes ids
+            tok = None
     return LoadedLM(model, tok, str(path))
 
 
@@ -150,7 +155,45 @@ def graph_name(path: str | Path) -> str:
     return "".join(ch if ch.isalnum() else "_" for ch in Path(path).stem)
 
 
+def llm_meta(hf_model: Any, batch: int, max_seq: int) -> dict[str, Any]:
+    """What a generation loop needs to know about the decoder, recorded in the artifact manifest."""
+    cfg = hf_model.config
+    gen = getattr(hf_model, "generation_config", None)
+    eos = getattr(gen, "eos_token_id", None) if gen is not None else None
+    eos = cfg.eos_token_id if eos is None else eos
+    eos_ids = [] if eos is None else ([eos] if isinstance(eos, int) else list(eos))
+    n_heads = cfg.num_attention_heads
+    return {
+        "architecture": type(hf_model).__name__,
+        "vocab_size": cfg.vocab_size,
+        "batch": batch,
+        "max_seq": max_seq,
+        "num_layers": cfg.num_hidden_layers,
+        "eos_token_ids": eos_ids,
+        "bos_token_id": getattr(cfg, "bos_token_id", None),
+        # the engine ABI: inputs tokens [batch, seq], input_pos [seq], then the caches
+        "kv_cache": {"layout": "contiguous", "dims": ["batch", "kv_heads", "max_seq", "head_dim"],
+                     "kv_heads": getattr(cfg, "num_key_value_heads", None) or n_heads,
+                     "head_dim": getattr(cfg, "head_dim", None) or cfg.hidden_size // n_heads},
+    }
+
+
+def tokenizer_files(tokenizer: Any) -> dict[str, bytes]:
+    """The tokenizer saved as files, to travel inside the artifact under tokenizer/."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        tokenizer.save_pretrained(tmp)
+        return {f"tokenizer/{p.name}": p.read_bytes() for p in sorted(Path(tmp).iterdir()) if p.is_file()}
+
+
 def from_llm(path: str | Path, batch: int = 1, max_seq: int = 256) -> Graph:
-    """The LLM frontend's entry point: a HF directory or GGUF file -> decoder graph."""
-    loaded = load_causal_lm(path, tokenizer=False)
-    return export_decoder(loaded.model, batch, max_seq, name=graph_name(path))
+    """The LLM frontend's entry point: a HF directory or GGUF file -> decoder graph, with the
+    model's generation facts and tokenizer in ``graph.meta`` for the artifact."""
+    loaded = load_causal_lm(path)
+    graph = export_decoder(loaded.model, batch, max_seq, name=graph_name(path))
+    graph.meta["llm"] = llm_meta(loaded.model, batch, max_seq)
+    if loaded.tokenizer is not None:
+        graph.meta["attachments"] = tokenizer_files(loaded.tokenizer)
+        graph.meta["llm"]["tokenizer"] = "tokenizer"
+    return graph

@@ -41,6 +41,8 @@ class Options:
     verify: bool = True
     # Write the IR after every pass into this directory (as QJC_DUMP_IR does).
     dump_ir: str | None = None
+    # Language models: the static KV cache's length (prompt + generated tokens).
+    max_seq: int = 256
 
 
 @dataclass
@@ -64,7 +66,7 @@ def _is_torch_module(model: Any) -> bool:
     return any(c.__module__.startswith("torch.nn") and c.__name__ == "Module" for c in type(model).__mro__)
 
 
-def load_model(model: Any, example_inputs: Any = None) -> Graph:
+def load_model(model: Any, example_inputs: Any = None, max_seq: int = 256) -> Graph:
     """Read ``model`` into a qjc Graph: a Graph as is, or a path to a ``.qir`` IR text file (its
     constants' data from ``MODEL.safetensors`` beside it, if present). Other kinds of model are
     recognized here and sent to their frontend."""
@@ -95,13 +97,13 @@ def load_model(model: Any, example_inputs: Any = None) -> Graph:
             raise QJCError(f"{path} is a compiled qjc artifact, not a model",
                            "run it with `qjc run` or qjc.load()")
         if (path / "config.json").is_file():
-            return _llm_frontend()(path)
+            return _llm_frontend()(path, max_seq=max_seq)
         raise QJCError(f"{path} is a directory, not a model file")
     suffix = path.suffix.lower()
     if suffix == ".qir":
         return _load_ir_file(path)
     if suffix == ".gguf":
-        return _llm_frontend()(path)
+        return _llm_frontend()(path, max_seq=max_seq)
     if suffix in _FRONTEND_PENDING:
         raise MissingComponentError(f"{path}: {suffix} models need {_FRONTEND_PENDING[suffix]}, "
                                     "which has not landed in this qjc yet")
@@ -221,7 +223,7 @@ def build(model: Any, out_dir: str | os.PathLike, target: str = DEFAULT_TARGET, 
         return value
 
     # a copy: passes rewrite in place, and the caller's graph must stay as it was
-    graph = stage("load", lambda: load_model(model, example_inputs).copy())
+    graph = stage("load", lambda: load_model(model, example_inputs, max_seq=general.max_seq).copy())
     if general.verify:
         stage("verify", lambda: verify_graph(graph))
     caps = backend.capabilities(target_options)

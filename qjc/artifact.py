@@ -296,6 +296,10 @@ def write_artifact(out_dir: str | os.PathLike, graph: Graph, target: str, option
     try:
         (tmp / GRAPH_FILE).write_text(print_graph(graph), encoding="utf-8")
         save_file(constants_to_tensors(graph), tmp / WEIGHTS_FILE)
+        for rel, data in sorted(graph.meta.get("attachments", {}).items()):
+            dest = _check_relative(tmp, rel)
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            dest.write_bytes(data)
         entries = dict(files_writer(tmp) or {}) if files_writer is not None else {}
         if MANIFEST_FILE in entries or (tmp / MANIFEST_FILE).exists():
             raise ArtifactError(f"backend {target} wrote {MANIFEST_FILE}; qjc writes the manifest itself")
@@ -311,6 +315,8 @@ def write_artifact(out_dir: str | os.PathLike, graph: Graph, target: str, option
             "memory_plan_bytes": entries.pop("memory_plan_bytes", None),
             "graph": {"name": graph.name, "ir": GRAPH_FILE, "weights": WEIGHTS_FILE},
             "signature": Signature.of_graph(graph).to_json(),
+            "state": list(graph.state),
+            "llm": graph.meta.get("llm"),
             "backend": entries,
             "files": _hash_tree(tmp),
         }

@@ -115,18 +115,16 @@ def cmd_compile(args: argparse.Namespace) -> int:
     from qjc.backends.base import get_backend
 
     model = Path(args.model)
-    out = Path(args.output) if args.output else Path(f"{model.stem}.{args.target}.qjc")
+    stem = model.stem if model.exists() else args.model.replace(":", "_").replace(".", "_")
+    out = Path(args.output) if args.output else Path(f"{stem}.{args.target}.qjc")
     backend = get_backend(args.target)
     target_options = backend.options_class.from_strings(_parse_option_pairs(args.option))
     options = {f: getattr(target_options, f) for f in target_options.field_names()}
-    show_progress = sys.stderr.isatty()
-
     def progress(stage: str) -> None:
-        if show_progress:
-            print(f"[qjc] {stage} ...", file=sys.stderr, flush=True)
+        print(f"[qjc] {stage} ...", file=sys.stderr, flush=True)
 
-    result = build(model, out, target=args.target, progress=progress, optimize=not args.no_optimize,
-                   dump_ir=args.dump_ir, **options)
+    result = build(args.model, out, target=args.target, progress=progress, optimize=not args.no_optimize,
+                   dump_ir=args.dump_ir, max_seq=args.max_seq, **options)
     width = max(len(name) for name, _ in result.timings)
     for name, seconds in result.timings:
         print(f"  {name:<{width}}  {seconds * 1e3:9.1f} ms")
@@ -136,6 +134,36 @@ def cmd_compile(args: argparse.Namespace) -> int:
             print(f"[qjc] {note}", file=sys.stderr)
     manifest = result.artifact.manifest
     print(f"wrote {out} (target {manifest['target']}, {len(manifest['files'])} files + manifest)")
+    return EXIT_OK
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    import time
+
+    from qjc.api import load
+    from qjc.runtime.generation import Generator, Sampling
+
+    gen = Generator(load(args.artifact))
+    tok = gen.tokenizer
+    ids = tok.encode(args.prompt)
+    new: list[int] = []
+    shown = ""
+
+    def stream(token: int) -> None:
+        nonlocal shown
+        new.append(token)
+        text = tok.decode(new, skip_special_tokens=True)
+        sys.stdout.write(text[len(shown):])  # decode the whole tail: tokens can merge into characters
+        sys.stdout.flush()
+        shown = text
+
+    start = time.perf_counter()
+    gen.generate_ids(ids, args.max_new_tokens, Sampling(args.temperature, args.top_k, args.top_p, args.seed),
+                     on_token=stream)
+    seconds = time.perf_counter() - start
+    sys.stdout.write("\n")
+    print(f"[qjc] {len(ids)} prompt + {len(new)} new tokens in {seconds:.2f} s "
+          f"({len(new) / max(seconds, 1e-9):.1f} tokens/s)", file=sys.stderr)
     return EXIT_OK
 
 
@@ -205,7 +233,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_explain)
 
     p = sub.add_parser("compile", help="compile a model into an engine artifact")
-    p.add_argument("model", help="a .qir IR text file (constants from MODEL.safetensors beside it)")
+    p.add_argument("model", help=MODEL_HELP)
+    p.add_argument("--max-seq", type=int, default=256, help="language models: KV-cache length")
     p.add_argument("--target", "-t", default="npu_stub", help="backend to compile for (see `qjc targets`)")
     p.add_argument("-o", "--output", help="artifact directory (default: MODEL.TARGET.qjc here)")
     p.add_argument("-O", "--option", action="append", default=[], metavar="KEY=VALUE",
@@ -213,6 +242,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-optimize", action="store_true", help="skip the pass pipeline")
     p.add_argument("--dump-ir", metavar="DIR", help="write the IR after every pass into DIR")
     p.set_defaults(func=cmd_compile)
+
+    p = sub.add_parser("generate", help="generate text with a language-model artifact, streaming to stdout")
+    p.add_argument("artifact")
+    p.add_argument("--prompt", required=True)
+    p.add_argument("--max-new-tokens", type=int, default=64)
+    p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
+    p.add_argument("--top-k", type=int, default=0)
+    p.add_argument("--top-p", type=float, default=1.0)
+    p.add_argument("--seed", type=int, default=None)
+    p.set_defaults(func=cmd_generate)
 
     p = sub.add_parser("run", help="run an artifact on inputs from a .npz file")
     p.add_argument("artifact", help="an artifact directory written by `qjc compile`")

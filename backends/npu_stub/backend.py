@@ -195,6 +195,6 @@ class NpuStubEngine(Engine):
         for name, const in self.graph.constants.items():
             env[name] = const.data
         for node in self._steps:
-            outs = evaluate_node(node, [env[v.name] for v in node.inputs])
+            outs = evaluate_node(node, [env[v.name] for v in node.inputs], symbols)
             env.update((v.name, x) for v, x in zip(node.outputs, outs, strict=True))
         return [env[v.name] for v in self.graph.outputs]

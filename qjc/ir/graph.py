@@ -77,6 +77,9 @@ class Graph:
         # len(state) outputs are their new contents, in this order. Functional in the IR; a
         # backend may update them in place.
         self.state: list[str] = []
+        # What a frontend knows beyond the computation, for the artifact: e.g. meta["llm"] (vocab,
+        # max_seq, stop tokens) and meta["attachments"] ({relative path: bytes}, e.g. a tokenizer).
+        self.meta: dict[str, Any] = {}
         self._names: set[str] = set()
         self._counter = itertools.count()
 
@@ -229,6 +232,7 @@ class Graph:
         g = Graph(self.name)
         g.symbols = dict(self.symbols)
         g.state = list(self.state)
+        g.meta = dict(self.meta)
         remap: dict[Value, Value] = {}
 
         def clone(v: Value, producer: Node | None = None) -> Value:

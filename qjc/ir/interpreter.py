@@ -79,7 +79,7 @@ def evaluate_node(node: Node, args: list[Any], symbols: Mapping[str, int] | None
     """Run one node's reference implementation; returns one array per output. ``symbols`` (from
     bind_symbols) turns symbolic dims in attributes, such as a reshape target, into ints."""
     if node.op == "fused":
-        return run(node.subgraph, args)
+        return run(node.subgraph, args, symbols=symbols)
     opdef = get_op(node.op)
     if opdef.widen:
         args = [a.astype(np.float32) if isinstance(a, np.ndarray) and a.dtype in _NARROW_FLOATS else a for a in args]
@@ -105,7 +105,7 @@ def evaluate_node(node: Node, args: list[Any], symbols: Mapping[str, int] | None
 
 
 def run(graph: Graph, inputs: Sequence[Any] | Mapping[str, Any],
-        constants: Mapping[str, Any] | None = None) -> list[Any]:
+        constants: Mapping[str, Any] | None = None, symbols: Mapping[str, int] | None = None) -> list[Any]:
     """Evaluate ``graph``. ``inputs`` is a list in signature order or a dict by input name.
     ``constants`` supplies data for constants declared without it (e.g. a parsed graph)."""
     if isinstance(inputs, Mapping):
@@ -118,7 +118,8 @@ def run(graph: Graph, inputs: Sequence[Any] | Mapping[str, Any],
         if len(arrays) != len(graph.inputs):
             raise QJCError(f"graph {graph.name} takes {len(graph.inputs)} inputs, got {len(arrays)}")
     arrays = [_check_input_dtype(v, a) for v, a in zip(graph.inputs, arrays)]
-    symbols = bind_symbols(graph, arrays)
+    # a fused subgraph also sees the symbols its parent bound (a reshape inside it may use them)
+    symbols = {**(symbols or {}), **bind_symbols(graph, arrays)}
     env: dict[Value, Any] = dict(zip(graph.inputs, arrays))
     for name, c in graph.constants.items():
         data = c.data if c.data is not None else (constants or {}).get(name)

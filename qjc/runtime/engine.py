@@ -55,6 +55,15 @@ class Engine(abc.ABC):
                                f"signature has {len(self._signature.outputs)} (a backend bug)")
         return outputs[0] if len(outputs) == 1 else outputs
 
+    def generate(self, prompt: Any, max_new_tokens: int = 64, **options: Any) -> Any:
+        """Generate from a language-model artifact: text or token ids, one prompt or a list.
+        Options: temperature, top_k, top_p, seed, stop_ids, on_token."""
+        from qjc.runtime.generation import Generator
+
+        if getattr(self, "_generator", None) is None:
+            self._generator = Generator(self)
+        return self._generator.generate(prompt, max_new_tokens, **options)
+
     @abc.abstractmethod
     def run(self, inputs: list[Any], symbols: dict[str, int]) -> Sequence[Any]:
         """Run on checked inputs (signature order); ``symbols`` holds the symbolic dims' values."""
