@@ -187,11 +187,18 @@ def tokenizer_files(tokenizer: Any) -> dict[str, bytes]:
         return {f"tokenizer/{p.name}": p.read_bytes() for p in sorted(Path(tmp).iterdir()) if p.is_file()}
 
 
-def from_llm(path: str | Path, batch: int = 1, max_seq: int = 256) -> Graph:
+def from_llm(path: str | Path, batch: int = 1, max_seq: int = 256, gguf_quant: bool = True) -> Graph:
     """The LLM frontend's entry point: a HF directory or GGUF file -> decoder graph, with the
-    model's generation facts and tokenizer in ``graph.meta`` for the artifact."""
+    model's generation facts and tokenizer in ``graph.meta`` for the artifact. With ``gguf_quant``
+    the linear layers of a GGUF model keep the file's own quantized weights (Q4_0/Q4_1/Q8_0)."""
     loaded = load_causal_lm(path)
     graph = export_decoder(loaded.model, batch, max_seq, name=graph_name(path))
+    if gguf_quant and Path(path).suffix.lower() == ".gguf":
+        from qjc.frontends.gguf_weights import use_gguf_weights
+        from qjc.passes.cleanup.dce import eliminate_dead_code
+
+        graph.meta["quantization"] = use_gguf_weights(graph, path)
+        eliminate_dead_code(graph)  # the float copies the quantized weights replaced
     graph.meta["llm"] = llm_meta(loaded.model, batch, max_seq)
     if loaded.tokenizer is not None:
         graph.meta["attachments"] = tokenizer_files(loaded.tokenizer)

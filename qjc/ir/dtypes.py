@@ -65,13 +65,15 @@ class QuantScheme:
 
     Values are grouped along the last axis in runs of ``group_size`` (0 = one group per row,
     i.e. per output channel). ``symmetric`` schemes store only a scale; asymmetric ones also a
-    zero point (stored as the same unsigned integer range as the values).
+    zero per group: an integer zero point (``zero="int"``: value = (q - z) * scale) or a float
+    offset in the scale dtype (``zero="float"``: value = q * scale + offset, GGUF Q4_1's form).
     """
 
     bits: int
     group_size: int
     symmetric: bool
     scale_dtype: DType
+    zero: str = "int"
 
     def __post_init__(self) -> None:
         if self.bits not in (4, 8):
@@ -80,25 +82,35 @@ class QuantScheme:
             raise ValueError(f"group size must be 0 (per row) or a positive even number, got {self.group_size}")
         if not self.scale_dtype.is_float:
             raise ValueError(f"scale dtype must be a float type, got {self.scale_dtype}")
+        if self.zero not in ("int", "float"):
+            raise ValueError(f"zero must be 'int' or 'float', got {self.zero!r}")
+        if self.symmetric and self.zero != "int":
+            object.__setattr__(self, "zero", "int")  # a symmetric scheme has no zero: one spelling
 
     @property
     def name(self) -> str:
         group = f"g{self.group_size}" if self.group_size else "c"
-        return f"q{self.bits}{group}{'s' if self.symmetric else 'a'}_{self.scale_dtype.name}"
+        kind = "s" if self.symmetric else ("a" if self.zero == "int" else "m")
+        return f"q{self.bits}{group}{kind}_{self.scale_dtype.name}"
 
     @property
     def dtype(self) -> DType:
         return DType(self.name, None, "quant", self.bits)
 
 
-_QUANT_RE = re.compile(r"^q(\d+)(?:g(\d+)|c)([sa])_(\w+)$")
+_QUANT_RE = re.compile(r"^q(\d+)(?:g(\d+)|c)([sam])_(\w+)$")
+
+
+def _scheme_of_match(m: re.Match) -> QuantScheme:
+    return QuantScheme(int(m.group(1)), int(m.group(2) or 0), m.group(3) == "s", PLAIN_DTYPES[m.group(4)],
+                       "float" if m.group(3) == "m" else "int")
 
 
 def quant_scheme_of(dtype: DType) -> QuantScheme:
     m = _QUANT_RE.match(dtype.name)
     if not m or dtype.kind != "quant":
         raise ValueError(f"{dtype} is not a quantized dtype")
-    return QuantScheme(int(m.group(1)), int(m.group(2) or 0), m.group(3) == "s", PLAIN_DTYPES[m.group(4)])
+    return _scheme_of_match(m)
 
 
 def parse_dtype(name: str) -> DType:
@@ -107,7 +119,7 @@ def parse_dtype(name: str) -> DType:
         return PLAIN_DTYPES[name]
     m = _QUANT_RE.match(name)
     if m and m.group(4) in PLAIN_DTYPES:
-        return QuantScheme(int(m.group(1)), int(m.group(2) or 0), m.group(3) == "s", PLAIN_DTYPES[m.group(4)]).dtype
+        return _scheme_of_match(m).dtype
     known = ", ".join(PLAIN_DTYPES)
     raise ValueError(f"unknown dtype {name!r} (known: {known}, or a quantized type like q4g128a_f16)")
 

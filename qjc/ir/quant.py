@@ -10,9 +10,11 @@ Layout (the same bytes a backend kernel reads, so weights are packed once):
   [-7, 7]: the most negative code is left unused so the range is symmetric around zero);
   asymmetric schemes store unsigned values in [0, 2^bits - 1] and a zero point per group;
 - ``scales`` has shape ``[..., n_groups]`` in the scheme's scale dtype; ``zeros`` (asymmetric
-  only) has the same shape, one unpacked uint8 per group.
+  only) has the same shape: one unpacked uint8 zero point per group for ``zero="int"`` schemes, one
+  offset in the scale dtype for ``zero="float"`` schemes (GGUF Q4_1).
 
-Dequantized value: ``(q - zero) * scale`` (``zero`` is 0 for symmetric schemes).
+Dequantized value: ``(q - zero) * scale`` (``zero`` is 0 for symmetric schemes), or
+``q * scale + offset`` for ``zero="float"`` schemes.
 """
 
 from __future__ import annotations
@@ -52,8 +54,9 @@ class QuantizedArray:
                              f"got {self.scales.dtype}{list(self.scales.shape)}")
         if self.scheme.symmetric != (self.zeros is None):
             raise ValueError("zero points are stored for asymmetric schemes and only for them")
-        if self.zeros is not None and (self.zeros.dtype != np.uint8 or self.zeros.shape != want_scales):
-            raise ValueError(f"zero points must be uint8{list(want_scales)}, "
+        zero_dtype = np.dtype(np.uint8) if self.scheme.zero == "int" else self.scheme.scale_dtype.np_dtype
+        if self.zeros is not None and (self.zeros.dtype != zero_dtype or self.zeros.shape != want_scales):
+            raise ValueError(f"zero points must be {zero_dtype}{list(want_scales)}, "
                              f"got {self.zeros.dtype}{list(self.zeros.shape)}")
 
     @property
@@ -140,6 +143,22 @@ def _round_scale_up(exact: np.ndarray, scale_dtype: DType) -> np.ndarray:
     return stored
 
 
+def _round_down(exact: np.ndarray, dtype: DType) -> np.ndarray:
+    """The largest value of ``dtype`` <= ``exact`` (float64), by stepping the bit pattern."""
+    np_dtype = dtype.np_dtype
+    stored = np.asarray(exact.astype(np_dtype))
+    high = stored.astype(np.float64) > exact
+    if high.any():
+        uint = _UINT_OF_SIZE[np_dtype.itemsize]
+        bits = stored.view(uint)
+        value = stored.astype(np.float64)
+        bits[high & (value > 0)] -= 1  # positive: one step toward zero
+        bits[high & (value < 0)] += 1  # negative: one step away from zero
+        sign = uint(1 << (8 * np_dtype.itemsize - 1))
+        bits[high & (value == 0)] = sign | uint(1)  # zero: the smallest negative subnormal
+    return stored
+
+
 def _grouped(x: np.ndarray, group_size: int) -> np.ndarray:
     """``x`` [..., K] viewed as [..., n_groups, group]."""
     k = x.shape[-1]
@@ -170,6 +189,16 @@ def quantize(x: np.ndarray, scheme: QuantScheme) -> QuantizedArray:
         inv = np.divide(1.0, s, out=np.zeros_like(s), where=s > 0)
         q = np.clip(np.rint(groups * inv), -qmax, qmax).astype(np.int8)
         zeros = None
+    elif scheme.zero == "float":
+        # the offset is the group minimum rounded down, so every x - offset is >= 0 and the
+        # rounded-up scale spans the group without clipping
+        qmax = 2**bits - 1
+        zeros = _round_down(groups.min(axis=-1), scheme.scale_dtype)
+        off = zeros.astype(np.float64)
+        scales = _round_scale_up((groups.max(axis=-1) - off) / qmax, scheme.scale_dtype)
+        s = scales.astype(np.float64)
+        inv = np.divide(1.0, s, out=np.zeros_like(s), where=s > 0)
+        q = np.clip(np.rint((groups - off[..., None]) * inv[..., None]), 0, qmax).astype(np.uint8)
     else:
         qmax = 2**bits - 1
         lo = np.minimum(groups.min(axis=-1), 0.0)
@@ -192,7 +221,7 @@ def quantized_values(q: QuantizedArray) -> np.ndarray:
     else:
         codes = q.data.view(np.int8) if q.scheme.symmetric else q.data
     codes = codes.astype(np.int16)
-    if q.zeros is not None:
+    if q.zeros is not None and q.scheme.zero == "int":
         zeros = q.zeros[..., None].astype(np.int16)
         codes = (_grouped(codes, q.scheme.group_size) - zeros).reshape(codes.shape)
     return codes
@@ -208,6 +237,8 @@ def dequantize(q: QuantizedArray, dtype: DType | np.dtype | type) -> np.ndarray:
     np_dtype = np.dtype(dtype.np_dtype if isinstance(dtype, DType) else dtype)
     codes = _grouped(quantized_values(q).astype(np.float64), q.scheme.group_size)
     values = codes * q.scales.astype(np.float64)[..., None]
+    if q.scheme.zero == "float" and q.zeros is not None:
+        values = values + q.zeros.astype(np.float64)[..., None]
     return values.reshape(q.logical_shape).astype(np_dtype)
 
 

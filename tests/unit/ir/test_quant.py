@@ -230,3 +230,16 @@ def test_quant_ops_reject_bad_inputs(op, type_text, attrs, message):
     x = g.add_input("x", parse_type(type_text))
     with pytest.raises(IRError, match=message):
         g.add_node(op, [x], attrs)
+
+
+@pytest.mark.parametrize("scale_dtype", [f16, bf16, f32], ids=lambda d: d.name)
+def test_float_offset_scheme_error_bound_and_name(scale_dtype):
+    """zero="float" (value = q*scale + offset, GGUF Q4_1's form): within half a step, no clipping."""
+    scheme = QuantScheme(4, 32, False, scale_dtype, "float")
+    assert scheme.name == f"q4g32m_{scale_dtype.name}" and parse_dtype(scheme.name) == scheme.dtype
+    rng = np.random.default_rng(4)
+    x = rng.standard_normal((16, 128)) * rng.uniform(0.1, 5, (16, 1)) + rng.uniform(-3, 3, (16, 1))
+    q = quantize(x, scheme)
+    assert q.zeros is not None and q.zeros.dtype == scale_dtype.np_dtype
+    err = np.abs(dequantize(q, np.float64) - x)
+    assert (err <= group_scales(q) / 2 * (1 + 1e-9)).all()
