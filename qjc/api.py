@@ -43,6 +43,12 @@ class Options:
     dump_ir: str | None = None
     # Language models: the static KV cache's length (prompt + generated tokens).
     max_seq: int = 256
+    # Weight-only quantization of linear layers: none, int8, int4, int4-awq (see passes/quantize).
+    quant: str = "none"
+    # Group size for int4 modes (32, 64, 128 or 256 values share a scale and zero point).
+    group_size: int = 128
+    # Regexes of weight names to keep in float (e.g. "lm_head").
+    keep: tuple[str, ...] = ()
 
 
 @dataclass
@@ -57,9 +63,7 @@ class BuildResult:
 
 # ---- models ---------------------------------------------------------------------------------------
 
-_FRONTEND_PENDING = {
-    ".onnx": "the ONNX frontend (qjc.frontends.onnx)",
-}
+_FRONTEND_PENDING: dict[str, str] = {}
 
 
 def _is_torch_module(model: Any) -> bool:
@@ -104,6 +108,13 @@ def load_model(model: Any, example_inputs: Any = None, max_seq: int = 256) -> Gr
         return _load_ir_file(path)
     if suffix == ".gguf":
         return _llm_frontend()(path, max_seq=max_seq)
+    if suffix == ".onnx":
+        try:
+            from qjc.frontends.onnx import from_onnx
+        except ImportError as e:
+            raise MissingComponentError(f"{path}: reading ONNX models needs onnx: {e}",
+                                        "pip install 'qjc[onnx]'") from None
+        return from_onnx(path)
     if suffix in _FRONTEND_PENDING:
         raise MissingComponentError(f"{path}: {suffix} models need {_FRONTEND_PENDING[suffix]}, "
                                     "which has not landed in this qjc yet")
@@ -188,8 +199,15 @@ def _optimize(graph: Graph, options: Options, capabilities: Any, pass_timings: l
               notes: list[str]) -> Graph:
     from qjc.passes.manager import DumpIRInstrument, PassContext, PassManager, VerifyInstrument
     from qjc.passes.pipeline import standard_pipeline
+    from qjc.passes.quantize.plan import quantization_pass
 
-    manager = PassManager.from_knobs(standard_pipeline())
+    passes = standard_pipeline()
+    # quantize first: fusion then sees linears with quantized weights and fuses their dequantize
+    quantize = quantization_pass(graph, options.quant, options.group_size, options.keep,
+                                 log=lambda note: notes.append(f"calibrate: {note}"))
+    if quantize is not None:
+        passes.insert(0, quantize)
+    manager = PassManager.from_knobs(passes)
     if not options.verify:
         manager.instruments = [i for i in manager.instruments if not isinstance(i, VerifyInstrument)]
     if options.dump_ir:

@@ -124,7 +124,8 @@ def cmd_compile(args: argparse.Namespace) -> int:
         print(f"[qjc] {stage} ...", file=sys.stderr, flush=True)
 
     result = build(args.model, out, target=args.target, progress=progress, optimize=not args.no_optimize,
-                   dump_ir=args.dump_ir, max_seq=args.max_seq, **options)
+                   dump_ir=args.dump_ir, max_seq=args.max_seq, quant=args.quant, group_size=args.group_size,
+                   keep=tuple(args.keep), **options)
     width = max(len(name) for name, _ in result.timings)
     for name, seconds in result.timings:
         print(f"  {name:<{width}}  {seconds * 1e3:9.1f} ms")
@@ -235,6 +236,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("compile", help="compile a model into an engine artifact")
     p.add_argument("model", help=MODEL_HELP)
     p.add_argument("--max-seq", type=int, default=256, help="language models: KV-cache length")
+    p.add_argument("--quant", default="none", choices=["none", "int8", "int4", "int4-awq"],
+                   help="weight-only quantization of linear layers")
+    p.add_argument("--group-size", type=int, default=128, help="int4 group size (32, 64, 128, 256)")
+    p.add_argument("--keep", action="append", default=[], metavar="REGEX",
+                   help="keep weights whose name matches in float (repeatable), e.g. lm_head")
     p.add_argument("--target", "-t", default="npu_stub", help="backend to compile for (see `qjc targets`)")
     p.add_argument("-o", "--output", help="artifact directory (default: MODEL.TARGET.qjc here)")
     p.add_argument("-O", "--option", action="append", default=[], metavar="KEY=VALUE",

@@ -6,7 +6,7 @@ simulated device. It is written for clarity, not speed, and is not a compile tar
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -105,9 +105,12 @@ def evaluate_node(node: Node, args: list[Any], symbols: Mapping[str, int] | None
 
 
 def run(graph: Graph, inputs: Sequence[Any] | Mapping[str, Any],
-        constants: Mapping[str, Any] | None = None, symbols: Mapping[str, int] | None = None) -> list[Any]:
+        constants: Mapping[str, Any] | None = None, symbols: Mapping[str, int] | None = None,
+        observer: Callable[[Node, list[Any], list[Any]], None] | None = None) -> list[Any]:
     """Evaluate ``graph``. ``inputs`` is a list in signature order or a dict by input name.
-    ``constants`` supplies data for constants declared without it (e.g. a parsed graph)."""
+    ``constants`` supplies data for constants declared without it (e.g. a parsed graph).
+    ``observer(node, inputs, outputs)`` sees every top-level node as it runs (calibration, per-layer
+    error reports)."""
     if isinstance(inputs, Mapping):
         missing = [v.name for v in graph.inputs if v.name not in inputs]
         if missing:
@@ -128,6 +131,9 @@ def run(graph: Graph, inputs: Sequence[Any] | Mapping[str, Any],
                            "pass its array in constants= or load the artifact's weights")
         env[c.value] = data
     for node in graph.nodes:
-        outs = evaluate_node(node, [env[v] for v in node.inputs], symbols)
+        args = [env[v] for v in node.inputs]
+        outs = evaluate_node(node, args, symbols)
+        if observer is not None:
+            observer(node, args, outs)
         env.update(zip(node.outputs, outs))
     return [env[v] for v in graph.outputs]

@@ -95,3 +95,19 @@ def test_smollm2_text_generation_on_the_reference_device(tmp_path, capsys):
     assert main(["generate", str(out), "--prompt", "The capital of France is", "--max-new-tokens", "6"]) == 0
     streamed = capsys.readouterr()
     assert streamed.out.strip() == text.strip() and "tokens/s" in streamed.err
+
+
+def test_compile_with_int4_quantization(tiny_llama_dir, tmp_path):
+    path, model = tiny_llama_dir
+    out = tmp_path / "q.qjc"
+    assert main(["compile", str(path), "--target", "npu_stub", "-O", "host_fallback=true", "--max-seq", "32",
+                 "--quant", "int4", "--group-size", "32", "--keep", "lm_head", "-o", str(out)]) == 0
+    ir = (out / "graph.qir").read_text()
+    assert ir.count(": q4g32a_f16[") == 14 and "lm_head.weight: f32" in ir  # 2 layers x 7 linears
+    engine = qjc.load(out)
+    prompt = [1, 17, 42, 8, 63]
+    got = engine.generate(prompt, max_new_tokens=4, stop_ids=[])
+    assert len(got) == 4 and all(0 <= t < 96 for t in got)
+    with pytest.raises(QJCError, match="needs a language model with its tokenizer"):
+        qjc.compile(str(path), target="npu_stub", out_dir=tmp_path / "awq.qjc", host_fallback=True,
+                    max_seq=32, quant="int4-awq", group_size=32)

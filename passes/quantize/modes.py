@@ -1,0 +1,34 @@
+"""The `--quant` modes and the QuantScheme each one means."""
+
+from __future__ import annotations
+
+from qjc.errors import QJCError
+from qjc.ir.dtypes import QuantScheme, f16
+
+# mode -> (bits, symmetric, calibrated); group size comes from --group-size for 4-bit modes.
+QUANT_MODES = {
+    "none": None,
+    # per output channel, symmetric: the int8 GEMV/GEMM needs one scale per row
+    "int8": (8, True, False),
+    # group-wise with integer zero points: the common int4 layout (GPTQ/AWQ style)
+    "int4": (4, False, False),
+    # int4 with per-input-channel scales searched on calibration text (AWQ-style)
+    "int4-awq": (4, False, True),
+}
+
+
+def scheme_for(mode: str, group_size: int = 128) -> QuantScheme | None:
+    if mode not in QUANT_MODES:
+        raise QJCError(f"unknown quantization mode {mode!r}", f"choose one of {', '.join(QUANT_MODES)}")
+    spec = QUANT_MODES[mode]
+    if spec is None:
+        return None
+    bits, symmetric, _ = spec
+    if bits == 4 and group_size not in (32, 64, 128, 256):
+        raise QJCError(f"int4 group size must be 32, 64, 128 or 256, got {group_size}")
+    return QuantScheme(bits, 0 if bits == 8 else group_size, symmetric, f16)
+
+
+def is_calibrated(mode: str) -> bool:
+    spec = QUANT_MODES.get(mode)
+    return bool(spec and spec[2])
