@@ -138,6 +138,12 @@ def cmd_compile(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_verify(args: argparse.Namespace) -> int:
+    from qjc.verify import main_verify
+
+    return main_verify(args.artifact, args.against)
+
+
 def cmd_generate(args: argparse.Namespace) -> int:
     import time
 
@@ -248,6 +254,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-optimize", action="store_true", help="skip the pass pipeline")
     p.add_argument("--dump-ir", metavar="DIR", help="write the IR after every pass into DIR")
     p.set_defaults(func=cmd_compile)
+
+    p = sub.add_parser("verify", help="per-layer and end-to-end error of an artifact against its float model")
+    p.add_argument("artifact")
+    p.add_argument("--against", required=True, metavar="MODEL", help=MODEL_HELP)
+    p.set_defaults(func=cmd_verify)
 
     p = sub.add_parser("generate", help="generate text with a language-model artifact, streaming to stdout")
     p.add_argument("artifact")

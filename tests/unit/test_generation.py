@@ -111,3 +111,16 @@ def test_compile_with_int4_quantization(tiny_llama_dir, tmp_path):
     with pytest.raises(QJCError, match="needs a language model with its tokenizer"):
         qjc.compile(str(path), target="npu_stub", out_dir=tmp_path / "awq.qjc", host_fallback=True,
                     max_seq=32, quant="int4-awq", group_size=32)
+
+
+def test_verify_reports_layer_and_end_to_end_error(tiny_llama_dir, tmp_path, capsys):
+    path, _ = tiny_llama_dir
+    out = tmp_path / "q8.qjc"
+    assert main(["compile", str(path), "--target", "npu_stub", "-O", "host_fallback=true", "--max-seq", "32",
+                 "--quant", "int8", "-o", str(out)]) == 0
+    capsys.readouterr()
+    assert main(["verify", str(out), "--against", str(path)]) == 0
+    text = capsys.readouterr().out
+    assert "15 quantized layers" in text  # 2 layers x 7 linears + lm_head
+    rel = float(text.split("output 0 relative error ")[1].split()[0])
+    assert 0 < rel < 0.05  # int8 per-channel: close to float, but not identical

@@ -1,0 +1,119 @@
+"""`qjc verify ARTIFACT --against MODEL`: how far a compiled (e.g. quantized) engine is from the
+float model it came from — per quantized layer and end to end."""
+
+from __future__ import annotations
+
+import re
+import sys
+from dataclasses import dataclass, field
+from typing import Any, TextIO
+
+import numpy as np
+
+from qjc.errors import QJCError
+from qjc.ir import Graph
+from qjc.ir.quant import QuantizedArray, dequantize
+
+# a quantized weight constant is named "<float weight name>.<scheme>" (passes/quantize)
+_SCHEME_SUFFIX = re.compile(r"\.q\d+(?:g\d+|c)[sam]_\w+$")
+
+
+@dataclass
+class LayerError:
+    weight: str
+    scheme: str
+    weight_rel: float  # ||deq(Wq) - W|| / ||W||
+    output_rel: float | None  # ||x deq(Wq)^T - x W^T|| / ||x W^T|| on the float model's own inputs
+
+
+@dataclass
+class VerifyReport:
+    layers: list[LayerError] = field(default_factory=list)
+    end_to_end_rel: list[float] = field(default_factory=list)  # per output
+    perplexity: dict[str, float] = field(default_factory=dict)
+
+
+def _rel(a: np.ndarray, b: np.ndarray) -> float:
+    return float(np.linalg.norm(a - b) / max(np.linalg.norm(b), 1e-30))
+
+
+def _inputs_for(graph: Graph, rng: np.random.Generator) -> list[np.ndarray]:
+    """Test inputs: the calibration text for language models, random data otherwise."""
+    llm = graph.meta.get("llm")
+    if llm:
+        from qjc.passes.quantize.plan import calibration_inputs
+
+        try:
+            return calibration_inputs(graph, 64)
+        except QJCError:  # no tokenizer: random token ids over the vocabulary
+            n = min(16, int(llm["max_seq"]))
+            tokens = rng.integers(0, int(llm["vocab_size"]), (int(llm["batch"]), n))
+            caches = [np.zeros(tuple(v.type.shape), v.type.dtype.np_dtype) for v in graph.inputs[2:]]
+            return [tokens, np.arange(n, dtype=np.int64)] + caches
+    out = []
+    for v in graph.inputs:
+        shape = tuple(d if isinstance(d, int) else min(8, graph.symbols[str(d)].hi) for d in v.type.shape)
+        dt = v.type.dtype
+        out.append(rng.integers(0, 2, shape).astype(dt.np_dtype) if not dt.is_float
+                   else rng.standard_normal(shape).astype(dt.np_dtype))
+    return out
+
+
+def verify_against(artifact_path: str, model: Any, max_seq: int = 256) -> VerifyReport:
+    from qjc.api import load, load_model
+    from qjc.artifact import verify_artifact
+    from qjc.ir.interpreter import run
+
+    artifact = verify_artifact(artifact_path)
+    compiled = artifact.load_graph()
+    float_graph = load_model(model, max_seq=int((artifact.manifest.get("llm") or {}).get("max_seq", max_seq)))
+    inputs = _inputs_for(float_graph, np.random.default_rng(0))
+
+    seen: dict[str, np.ndarray] = {}
+
+    def observe(node, args, outs) -> None:
+        if node.op == "linear" and float_graph.is_constant(node.inputs[1]):
+            seen[node.inputs[1].name] = np.asarray(args[0], np.float64).reshape(-1, args[0].shape[-1])[:256]
+
+    want = run(float_graph, inputs, observer=observe)
+    report = VerifyReport()
+    for name, const in sorted(compiled.constants.items()):
+        if not isinstance(const.data, QuantizedArray):
+            continue
+        base = _SCHEME_SUFFIX.sub("", name).removesuffix(".awq_inv")
+        if base not in float_graph.constants:
+            continue
+        w = np.asarray(float_graph.constants[base].data, np.float64)
+        wq = dequantize(const.data, np.float64)
+        x = seen.get(base)
+        out_rel = None
+        if x is not None and wq.shape == w.shape:
+            out_rel = _rel(x @ wq.T, x @ w.T) if not compiled.constants.get(f"{base}.awq_inv") else None
+        report.layers.append(LayerError(base, const.data.scheme.name, _rel(wq, w) if wq.shape == w.shape else
+                                        float("nan"), out_rel))
+    got = load(artifact_path)(*inputs)
+    got = got if isinstance(got, list) else [got]
+    report.end_to_end_rel = [_rel(np.asarray(g, np.float64), np.asarray(w, np.float64))
+                             for g, w in zip(got, want) if np.asarray(w).dtype.kind == "f"]
+    return report
+
+
+def print_report(report: VerifyReport, out: TextIO = sys.stdout) -> None:
+    if report.layers:
+        out.write(f"{len(report.layers)} quantized layers (relative errors):\n")
+        width = max(len(layer.weight) for layer in report.layers)
+        for layer in report.layers:
+            shown = "-" if layer.output_rel is None else f"{layer.output_rel:.2e}"
+            out.write(f"  {layer.weight:<{width}}  {layer.scheme:<12} weight {layer.weight_rel:.2e}  output {shown}\n")
+    else:
+        out.write("no quantized layers\n")
+    for i, rel in enumerate(report.end_to_end_rel):
+        out.write(f"end to end: output {i} relative error {rel:.3e}\n")
+
+
+def main_verify(artifact: str, against: str, out: TextIO = sys.stdout) -> int:
+    report = verify_against(artifact, against)
+    print_report(report, out)
+    if not report.end_to_end_rel:
+        raise QJCError("verify: the artifact has no float outputs to compare")
+    return 0
