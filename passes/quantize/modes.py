@@ -10,7 +10,8 @@ QUANT_MODES = {
     "none": None,
     # per output channel, symmetric: the int8 GEMV/GEMM needs one scale per row
     "int8": (8, True, False),
-    # group-wise with integer zero points: the common int4 layout (GPTQ/AWQ style)
+    # group-wise asymmetric: value = q * scale + offset per group (the offset is the group's
+    # minimum, so it is exact; GGUF Q4_1's form, one FMA to dequantize in a kernel)
     "int4": (4, False, False),
     # int4 with per-input-channel scales searched on calibration text (AWQ-style)
     "int4-awq": (4, False, True),
@@ -26,7 +27,7 @@ def scheme_for(mode: str, group_size: int = 128) -> QuantScheme | None:
     bits, symmetric, _ = spec
     if bits == 4 and group_size not in (32, 64, 128, 256):
         raise QJCError(f"int4 group size must be 32, 64, 128 or 256, got {group_size}")
-    return QuantScheme(bits, 0 if bits == 8 else group_size, symmetric, f16)
+    return QuantScheme(bits, 0 if bits == 8 else group_size, symmetric, f16, "int" if symmetric else "float")
 
 
 def is_calibrated(mode: str) -> bool:

@@ -103,7 +103,7 @@ def test_compile_with_int4_quantization(tiny_llama_dir, tmp_path):
     assert main(["compile", str(path), "--target", "npu_stub", "-O", "host_fallback=true", "--max-seq", "32",
                  "--quant", "int4", "--group-size", "32", "--keep", "lm_head", "-o", str(out)]) == 0
     ir = (out / "graph.qir").read_text()
-    assert ir.count(": q4g32a_f16[") == 14 and "lm_head.weight: f32" in ir  # 2 layers x 7 linears
+    assert ir.count(": q4g32m_f16[") == 14 and "lm_head.weight: f32" in ir  # 2 layers x 7 linears
     engine = qjc.load(out)
     prompt = [1, 17, 42, 8, 63]
     got = engine.generate(prompt, max_new_tokens=4, stop_ids=[])

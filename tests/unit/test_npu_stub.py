@@ -199,13 +199,30 @@ def test_compile_does_not_modify_the_callers_graph(tmp_path):
     assert print_graph(graph) == before and print_graph(g) == before_foldable
 
 
-def test_frontends_not_landed_say_so(tmp_path):
-    from qjc.errors import MissingComponentError
+def test_onnx_model_compiles_for_npu_stub(tmp_path):
+    onnx = pytest.importorskip("onnx")
+    ort = pytest.importorskip("onnxruntime")
+    from onnx import TensorProto, helper, numpy_helper
 
-    onnx_file = tmp_path / "m.onnx"
-    onnx_file.write_bytes(b"")
-    with pytest.raises(MissingComponentError, match="ONNX frontend"):
-        qjc.compile(onnx_file)
+    rng = np.random.default_rng(RNG_SEED)
+    w = rng.standard_normal((8, 4)).astype(np.float32)
+    b = rng.standard_normal(4).astype(np.float32)
+    nodes = [helper.make_node("MatMul", ["x", "w"], ["h"]), helper.make_node("Add", ["h", "b"], ["z"]),
+             helper.make_node("Tanh", ["z"], ["t"]), helper.make_node("Softmax", ["t"], ["y"], axis=-1)]
+    # a static batch: a dim_param's default range (up to 2**31-1) is beyond npu_stub's largest dim
+    graph = helper.make_graph(nodes, "tiny", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [3, 8])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [3, 4])],
+                              [numpy_helper.from_array(w, "w"), numpy_helper.from_array(b, "b")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    path = tmp_path / "tiny.onnx"
+    onnx.save(model, path)
+    engine = qjc.compile(path, target="npu_stub", out_dir=tmp_path / "tiny.qjc")
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    for _ in range(2):
+        x = rng.standard_normal((3, 8)).astype(np.float32)
+        got = engine(x)
+        got = got[0] if isinstance(got, list) else got
+        np.testing.assert_allclose(got, session.run(None, {"x": x})[0], rtol=1e-5, atol=1e-6)
 
 
 def test_torch_module_compiles_for_npu_stub(tmp_path):
