@@ -8,7 +8,10 @@ from qjc.passes.cleanup import (
     ConstantFolding,
     DeadCodeElimination,
 )
+from qjc.passes.fusion import FusionPartitioner, RecognizeDecomposed
+from qjc.passes.layout import LayoutCanonicalization
 from qjc.passes.manager import Pass
+from qjc.passes.memory_plan import MemoryPlanning
 
 
 def standard_pipeline() -> list[Pass]:
@@ -26,7 +29,24 @@ def standard_pipeline() -> list[Pass]:
         # Exporters repeat subexpressions (one shape computation per layer, duplicated masks);
         # merge them so fusion and memory planning see each value once.
         CommonSubexpressionElimination(),
-        # Last: drops whatever the steps above left unused, including constants that only fed
-        # folded nodes, so the artifact carries no dead weights.
+        # Drops whatever the steps above left unused, including constants that only fed folded
+        # nodes, so the pattern rules below see single-use values where the model has them.
         DeadCodeElimination(),
+        # Models spell RMSNorm, LayerNorm, softmax, SiLU/GELU and attention as chains of small ops;
+        # turn them back into the single ops the backend has kernels for (needs CSE'd inputs).
+        RecognizeDecomposed(),
+        # One spelling per GEMM (linear with [N, K] weights, or [K, N] where the backend wants it),
+        # bias adds inside linears, no flatten/unflatten around GEMMs, batch norms folded into
+        # convs: fusion then sees GEMMs whose epilogues follow them directly.
+        LayoutCanonicalization(),
+        # Group what one kernel can do (GEMM + epilogue, norm + prologue/epilogue, attention,
+        # RoPE, SwiGLU, elementwise chains) into fused nodes, as the backend's capabilities allow.
+        FusionPartitioner(),
+        # Subgraphs copy the scalar constants they use, and fused groups repeat per layer: merge
+        # equal constants again so the artifact holds each once.
+        CommonSubexpressionElimination(),
+        # Layout and fusion leave the original of every transposed or folded weight unused.
+        DeadCodeElimination(),
+        # Last, on the final node order: give every intermediate an offset in one reused arena.
+        MemoryPlanning(),
     ]

@@ -266,8 +266,13 @@ def test_standard_pipeline_cleans_a_typical_exported_graph() -> None:
     assert print_graph(after) == (
         "graph main(%x: f32[2,3]) {\n"
         "  const %bias: f32[3] = [2.5, 2.5, 2.5]\n"
-        "  %left: f32[2,3] = add(%x, %bias)\n"
-        "  %out: f32[2,3] = mul(%left, %left)\n"
+        "  %out: f32[2,3] = fused(%x, %bias) {kind=\"elementwise\", name=\"elementwise_0\"} {\n"
+        "    graph elementwise_0(%x: f32[2,3], %bias: f32[3]) {\n"
+        "      %left: f32[2,3] = add(%x, %bias)\n"
+        "      %out: f32[2,3] = mul(%left, %left)\n"
+        "      return %out\n"
+        "    }\n"
+        "  }\n"
         "  return %out\n"
         "}\n"
     )
