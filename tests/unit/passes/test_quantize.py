@@ -93,12 +93,17 @@ def smollm2_gguf() -> Path:
 
 
 CHUNK = 256
+GROUP = 32
 
 
 @pytest.mark.slow
 def test_smollm2_perplexity_gates(capsys):
     """float (the GGUF dequantized) vs int8, int4 RTN and int4 calibrated, on a fixed English text.
-    Gates: int8 within 1% of float, int4 within 10%."""
+    Gates: int8 within 1% of float, int4 within 10%.
+
+    The float model is itself the dequantized Q4_1 (group 32) file, so int4 is measured at group 32:
+    coarser groups re-quantize an existing 4-bit grid (measured on this text: group 64 RTN +34%,
+    calibrated +11.5%), which says more about double quantization than about the scheme."""
     from qjc.frontends.llm import export_decoder, load_causal_lm
 
     loaded = load_causal_lm(smollm2_gguf())
@@ -109,13 +114,14 @@ def test_smollm2_perplexity_gates(capsys):
     results = {"float": perplexity(graph_chunk_runner(graph), ids, CHUNK)}
     for mode in ("int8", "int4"):
         g = graph.copy()
-        quantize_weights(g, scheme_for(mode, 64), keep=keep)
+        quantize_weights(g, scheme_for(mode, GROUP), keep=keep)
         results[mode] = perplexity(graph_chunk_runner(g), ids, CHUNK)
     calib = np.asarray(loaded.tokenizer(calibration_text()).input_ids[:CHUNK], np.int64)
     caches = [np.zeros(tuple(v.type.shape), np.float32) for v in graph.inputs[2:]]
-    scales, _ = calibrate(graph, [calib[None, :], np.arange(len(calib))] + caches, scheme_for("int4", 64), skip=keep)
+    scales, _ = calibrate(graph, [calib[None, :], np.arange(len(calib))] + caches, scheme_for("int4", GROUP),
+                          skip=keep)
     g = graph.copy()
-    quantize_weights(g, scheme_for("int4", 64), keep=keep, channel_scales=scales)
+    quantize_weights(g, scheme_for("int4", GROUP), keep=keep, channel_scales=scales)
     results["int4-awq"] = perplexity(graph_chunk_runner(g), ids, CHUNK)
     with capsys.disabled():
         print("\nSmolLM2-135M perplexity on", len(ids), "tokens:",
