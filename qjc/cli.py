@@ -110,6 +110,16 @@ def _parse_option_pairs(pairs: Sequence[str]) -> dict[str, str]:
     return out
 
 
+def _target_option_pairs(args: argparse.Namespace) -> dict[str, str]:
+    """-O KEY=VALUE pairs plus the shorthands --arch (archs) and --dtype."""
+    pairs = _parse_option_pairs(args.option)
+    if getattr(args, "arch", None):
+        pairs["archs"] = ",".join(a for part in args.arch for a in part.split(",") if a)
+    if getattr(args, "dtype", None):
+        pairs["dtype"] = args.dtype
+    return pairs
+
+
 def cmd_compile(args: argparse.Namespace) -> int:
     from qjc.api import build
     from qjc.backends.base import get_backend
@@ -118,8 +128,9 @@ def cmd_compile(args: argparse.Namespace) -> int:
     stem = model.stem if model.exists() else args.model.replace(":", "_").replace(".", "_")
     out = Path(args.output) if args.output else Path(f"{stem}.{args.target}.qjc")
     backend = get_backend(args.target)
-    target_options = backend.options_class.from_strings(_parse_option_pairs(args.option))
+    target_options = backend.options_class.from_strings(_target_option_pairs(args))
     options = {f: getattr(target_options, f) for f in target_options.field_names()}
+
     def progress(stage: str) -> None:
         print(f"[qjc] {stage} ...", file=sys.stderr, flush=True)
 
@@ -183,6 +194,57 @@ def _load_npz(path: Path) -> dict[str, Any]:
     except (OSError, ValueError) as e:
         raise QJCError(f"cannot read inputs from {path}: {e}",
                        "give a .npz file written by numpy.savez") from None
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    import statistics
+    import time
+
+    import numpy as np
+
+    from qjc.api import load
+    from qjc.ir.dims import parse_dim
+    from qjc.ir.dtypes import parse_dtype
+
+    engine = load(args.artifact)
+    sig = engine.signature
+    env = {name: lo for name, lo, _ in sig.symbols}
+    env.update({k: int(v) for k, v in _parse_option_pairs(args.dim).items()})
+    rng = np.random.default_rng(0)
+
+    def size(d: int | str) -> int:
+        dim = d if isinstance(d, int) else parse_dim(d)
+        return dim if isinstance(dim, int) else dim.evaluate(env)
+
+    inputs = []
+    for spec in sig.inputs:
+        shape = tuple(size(d) for d in spec.shape)
+        dtype = parse_dtype(spec.dtype)
+        if dtype.is_float:
+            data = rng.standard_normal(shape).astype(dtype.np_dtype)
+        elif dtype.name == "bool":
+            data = rng.random(shape) < 0.5
+        else:  # token ids and indices: small non-negative numbers, never all zeros
+            data = rng.integers(0, 100, shape).astype(dtype.np_dtype)
+        inputs.append(data)
+    if hasattr(engine, "benchmark"):  # device engines time themselves with CUDA events
+        times = engine.benchmark(inputs, warmup=args.warmup, iters=args.iters)
+        how = "CUDA events, inputs on the device"
+    else:
+        for _ in range(args.warmup):
+            engine(*inputs)
+        times = []
+        for _ in range(args.iters):
+            start = time.perf_counter()
+            engine(*inputs)
+            times.append((time.perf_counter() - start) * 1e3)
+        how = "wall clock"
+    median = statistics.median(times)
+    shapes = ", ".join(f"{s.name}{list(a.shape)}" for s, a in zip(sig.inputs, inputs))
+    print(f"{args.artifact} ({engine.target}) on {shapes}")
+    print(f"median {median:.3f} ms ({median * 1e3:.1f} us per call) over {args.iters} runs, {how}; "
+          f"min {min(times):.3f} ms, max {max(times):.3f} ms")
+    return EXIT_OK
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -251,6 +313,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", help="artifact directory (default: MODEL.TARGET.qjc here)")
     p.add_argument("-O", "--option", action="append", default=[], metavar="KEY=VALUE",
                    help="a target option; repeat for several")
+    p.add_argument("--arch", action="append", metavar="ARCH",
+                   help="GPU architecture(s) to build for, e.g. sm_90a or sm_80,sm_90a (target option archs)")
+    p.add_argument("--dtype", choices=["fp32", "fp16", "bf16"], help="compute dtype (target option dtype)")
     p.add_argument("--no-optimize", action="store_true", help="skip the pass pipeline")
     p.add_argument("--dump-ir", metavar="DIR", help="write the IR after every pass into DIR")
     p.set_defaults(func=cmd_compile)
@@ -275,6 +340,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--inputs", "-i", metavar="FILE.npz", help="inputs by name")
     p.add_argument("--out", metavar="FILE.npz", help="write the outputs here, by name")
     p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("bench", help="time an artifact on random inputs (median of N runs)")
+    p.add_argument("artifact", help="an artifact directory written by `qjc compile`")
+    p.add_argument("--dim", action="append", default=[], metavar="SYMBOL=N",
+                   help="value of a symbolic dim (default: the bottom of its range)")
+    p.add_argument("--warmup", type=int, default=10)
+    p.add_argument("-n", "--iters", type=int, default=100)
+    p.set_defaults(func=cmd_bench)
     return parser
 
 

@@ -38,7 +38,11 @@ def best_target() -> tuple[str, dict]:
 
     for name in ("cuda", "cpu"):
         info = discover_backends().get(name)
-        if info is not None and info.availability()[0]:
+        if info is None or not info.availability()[0]:
+            continue
+        # building needs only the toolchain; the demo also runs the engine here
+        runnable = getattr(info.instance(), "runnable", None)
+        if runnable is None or runnable()[0]:
             return name, {}
     return "npu_stub", {"host_fallback": True}
 

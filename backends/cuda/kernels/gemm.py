@@ -1,0 +1,185 @@
+"""GEMM / GEMV steps for ``linear`` and ``matmul`` with a generated epilogue (templates/gemm.cu.j2).
+
+The epilogue is every elementwise op the planner hung after the product (bias, activation,
+residual add, casts): generated expression code evaluated on each f32 accumulator, so the
+product is written once, already finished.
+"""
+
+from __future__ import annotations
+
+from qjc.backends.cuda.cexpr import compute_ctype, ctype, product
+from qjc.backends.cuda.exprgen import IX, Index, Params
+from qjc.backends.cuda.kernels.base import KernelSource, Workspace, indent, render
+from qjc.backends.cuda.kernels.context import KernelContext
+from qjc.ir.dims import Dim
+from qjc.ir.dtypes import f32
+from qjc.ir.graph import Node, Value
+
+GEMV_MAX_SPLITS = 16
+GEMV_SPLIT_MAX_N = 8192  # wider outputs fill the GPU without splitting K
+SPLITK_WORKSPACE_FLOATS = 1 << 21  # 8 MB of f32 partial sums; every GEMM step shares the bytes
+
+
+def _strides(shape: tuple[Dim, ...]) -> list[Dim]:
+    out: list[Dim] = []
+    acc: Dim = 1
+    for d in reversed(shape):
+        out.append(acc)
+        acc = acc * d
+    return list(reversed(out))
+
+
+def _epilogue_value(gen, out: Value, bias: Value | None, n_index: Index, acc: str) -> str:
+    """The product as the graph has it: plus the linear's bias, rounded to the output dtype."""
+    ct = compute_ctype(out.type.dtype)
+    value = f"({ct}){acc}"
+    if bias is not None:
+        value = f"({value} + {gen.value(bias, n_index)})"
+    if out.type.dtype.name in ("f16", "bf16"):  # as an unfused linear would store it
+        value = f"q_round<{ctype(out.type.dtype)}>({value})"
+    return value
+
+
+def _pair_epilogue(ctx: KernelContext, params: Params, outputs: list[Value], out: Value, bias: Value | None,
+                   folded: bool, o_shape, batch_dims) -> dict:
+    """The epilogue for column pairs (n, n + 1): lanes 0 and 1 of the expression generator, so
+    operands contiguous along n are read as one pair and each output is stored 4 bytes at once."""
+    if out.type.dtype.name not in ("f16", "bf16"):
+        return {"pair_epilogue": False}
+    gen = ctx.generator(params, outputs, vec=2)
+    if folded:
+        lead = gen.delinearize(IX("m", 0), o_shape[:-1])
+        flat = IX("(m * N_ + n)", 1)
+    else:
+        lead = gen.delinearize(IX("b", 0), batch_dims) if batch_dims else ()
+        lead = tuple(lead) + (IX("m", 0),)
+        flat = IX("((b * M_ + m) * N_ + n)", 1)
+    index = Index(flat=flat, multi=tuple(lead) + (IX("n", 1),))
+    ct = compute_ctype(out.type.dtype)
+    value = _epilogue_value(gen, out, bias, Index(flat=IX("n", 1), multi=(IX("n", 1),)), "acc")
+    gen.body.append(f"const {ct} c_acc = {value};")
+    gen.bind(out, index, "c_acc")
+    ptrs = [params.ptr(v, write=True) for v in outputs]
+    for k, v in enumerate(outputs):
+        gen.store_lanes(v, gen.value(v, index), f"o{k}")
+    return {"pair_epilogue": True, "pair_decls": indent(params.declarations(), 2), "pair_pre": indent(gen.pre, 2),
+            "pair_body": indent(gen.body, 4), "pair_flat": flat.base,
+            "pair_outs": [{"ctype": ctype(v.type.dtype), "ptr": p} for v, p in zip(outputs, ptrs)]}
+
+
+def gemm_kernel(ctx: KernelContext, core: Node, outputs: list[Value]) -> KernelSource:
+    a_val, b_val = core.inputs[0], core.inputs[1]
+    bias = core.inputs[2] if core.op == "linear" and len(core.inputs) == 3 else None
+    out = core.outputs[0]
+    dtype = a_val.type.dtype
+    params = Params()
+    a_ptr = params.ptr(a_val)
+    b_ptr = params.ptr(b_val)
+    out_ptrs = [params.ptr(v, write=True) for v in outputs]
+    del out_ptrs
+    b_nk = core.op == "linear"
+    a_shape, b_shape, o_shape = a_val.type.shape, b_val.type.shape, out.type.shape
+    k_dim = a_shape[-1]
+    if b_nk:
+        n_dim = b_shape[0]
+        folded = True
+    else:
+        n_dim = b_shape[-1]
+        folded = len(b_shape) == 2  # a plain weight: every batch row of A is one more row of M
+    if folded:
+        m_dim = product(a_shape[:-1])
+        batch_dims: tuple[Dim, ...] = ()
+    else:
+        m_dim = a_shape[-2]
+        batch_dims = o_shape[:-2]
+    batch = product(batch_dims)
+
+    # ---- batch offsets -------------------------------------------------------------------------
+    gen_b = ctx.generator(params, outputs, vec=1)
+    lines = []
+    if batch_dims:
+        multi = gen_b.delinearize(IX("b", 0), batch_dims)
+        terms = {"a_off": [], "b_off": []}
+        for name, shape in (("a_off", a_shape), ("b_off", b_shape)):
+            own = shape[:-2]
+            strides = _strides(shape)[:-2]
+            lead = len(batch_dims) - len(own)
+            for k, d in enumerate(own):
+                if d == 1 and batch_dims[lead + k] != 1:
+                    continue
+                terms[name].append(f"{multi[lead + k].base} * (idx_t){ctx.kernel_dim(strides[k])}")
+        lines = gen_b.pre + gen_b.body
+        lines.append(f"a_off = {' + '.join(terms['a_off']) or '0'};")
+        lines.append(f"b_off = {' + '.join(terms['b_off']) or '0'};")
+    else:
+        lines = ["(void)a; (void)b;", "a_off = 0;", "b_off = 0;"]
+    batch_code = indent(lines, 2)
+    # host check that every batch start stays 16-byte aligned for cp.async
+    a_batch_stride = product(a_shape[-2:]) if batch_dims else 0
+    b_batch_stride = product(b_shape[-2:]) if batch_dims else 0
+    batch_aligned = " && ".join(f"({ctx.host_dim(s)}) % 8 == 0" for s in (a_batch_stride, b_batch_stride)
+                                if s != 0) or "true"
+
+    # ---- epilogue ----------------------------------------------------------------------------------
+    gen = ctx.generator(params, outputs, vec=1)
+    if folded:
+        lead = gen.delinearize(IX("m", 0), o_shape[:-1])
+        index = Index(flat=IX("(m * N_ + n)", 0), multi=tuple(lead) + (IX("n", 0),))
+    else:
+        lead = gen.delinearize(IX("b", 0), batch_dims) if batch_dims else ()
+        index = Index(flat=IX("((b * M_ + m) * N_ + n)", 0), multi=tuple(lead) + (IX("m", 0), IX("n", 0)))
+    ct = compute_ctype(out.type.dtype)
+    value = f"({ct})acc"
+    if bias is not None:
+        bv = gen.value(bias, Index(flat=IX("n", 0), multi=(IX("n", 0),)))
+        value = f"({value} + {bv})"
+    # the product is rounded to its dtype, as an unfused linear would store it
+    if out.type.dtype.name in ("f16", "bf16"):
+        value = f"q_round<{ctype(out.type.dtype)}>({value})"
+    gen.body.append(f"const {ct} c_acc = {value};")
+    gen.bind(out, index, "c_acc")
+    for v in outputs:
+        var = gen.value(v, index)
+        ptr = params.ptr(v, write=True)
+        gen.body.append(f"{ptr}[{index.flat.base}] = q_store_cvt<{ctype(v.type.dtype)}>({var});")
+
+    pair = _pair_epilogue(ctx, params, outputs, out, bias, folded, o_shape, batch_dims)
+    workspaces: list[Workspace] = []
+    # GEMV only where M can be small; the CUDA-core GEMM only where the tensor cores may not apply
+    gemv = b_nk and dtype.is_float and (not isinstance(m_dim, int) or m_dim <= 8)
+    tensor_cores = dtype.name in ("f16", "bf16")
+    static_aligned = all(isinstance(d, int) and d % 8 == 0 for d in (k_dim, a_batch_stride, b_batch_stride)) and \
+        (b_nk or (isinstance(n_dim, int) and n_dim % 8 == 0))
+    simt = not tensor_cores or not static_aligned
+    n_static = n_dim if isinstance(n_dim, int) else None
+    max_splits = GEMV_MAX_SPLITS if gemv and n_static is not None and n_static <= GEMV_SPLIT_MAX_N else 1
+    ws_index = 0
+    if gemv and max_splits > 1:
+        workspaces.append(Workspace(f32, max_splits * 8 * n_static))
+    if workspaces:
+        ws_index = len(params.values)
+    # split-K partial sums of the tensor-core GEMM (small problems only: a fixed-size scratch)
+    splitk_ws, splitk_ws_index = 0, 0
+    if tensor_cores:
+        splitk_ws = SPLITK_WORKSPACE_FLOATS
+        splitk_ws_index = len(params.values) + len(workspaces)
+        workspaces.append(Workspace(f32, splitk_ws))
+    nptr = len(params.values) + len(workspaces)
+    acc_t = "float" if dtype.name in ("f32", "f16", "bf16") else ("double" if dtype.name == "f64" else "int64_t")
+    source = render(
+        "gemm.cu.j2",
+        nptr=nptr, nsym=ctx.nsym, idx_t=ctx.index_type(product(o_shape), product(a_shape), product(b_shape)),
+        ab_ctype=ctype(dtype), acc_t=acc_t, b_nk=b_nk, b_nk_cpp="true" if b_nk else "false",
+        tensor_cores=tensor_cores, simt=simt, mma_type="bf16" if dtype.name == "bf16" else "f16",
+        gemv=gemv, gemv_vec=max(1, 16 // (2 if dtype.name in ("f16", "bf16") else 4)) if gemv else 1,
+        max_splits=max_splits, ws_index=ws_index, splitk_ws=splitk_ws, splitk_ws_index=splitk_ws_index,
+        a_index=int(a_ptr[1:]), b_index=int(b_ptr[1:]),
+        batch_code=batch_code, batch_aligned_host=batch_aligned,
+        epi_decls=indent(params.declarations(), 2), epi_pre=indent(gen.pre, 2), epi_body=indent(gen.body, 2),
+        **pair,
+        m_host=ctx.host_dim(m_dim), n_host=ctx.host_dim(n_dim), k_host=ctx.host_dim(k_dim),
+        batch_host=ctx.host_dim(batch), lda_host=ctx.host_dim(k_dim),
+        ldb_host=ctx.host_dim(k_dim if b_nk else n_dim),
+    )
+    return KernelSource("gemm", source, list(params.values), list(outputs), workspaces,
+                        notes={"epilogue_ops": len(gen.body)})

@@ -1,0 +1,596 @@
+"""Decide which values get buffers, group the ops into kernels, order the kernels, lay out buffers.
+
+A value is *materialized* (has a buffer) when something needs to read it from memory: graph
+inputs, outputs and constants, anything read by an op that cannot compute it inline (a GEMM's
+operands, attention's q/k/v), anything several kernels would otherwise recompute, and anything
+crossing the border of a fused group. Every other value produced by an elementwise or index op is
+computed inline by the kernel that reads it (see exprgen.py).
+
+A kernel is rooted at a materialized value. A GEMM, conv, norm or softmax ("core") whose output is
+read only by same-shaped elementwise ops is absorbed into the kernel of those ops as its epilogue;
+a norm / softmax also pulls its input's inline chain in as its prologue, and stores a prologue value
+that others need (the residual sum before an RMSNorm) on the way. Generation may still find an
+index it cannot produce inline; the value is then materialized and the plan is redone.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from qjc.backends.cuda.cexpr import SymbolTable, itemsize, product
+from qjc.backends.cuda.exprgen import ALIAS_OPS, ELEMENTWISE_OPS, GENERATOR_OPS, NotFusable
+from qjc.backends.cuda.kernels.attention import attention_kernel
+from qjc.backends.cuda.kernels.base import KernelSource
+from qjc.backends.cuda.kernels.context import KernelContext
+from qjc.backends.cuda.kernels.conv import conv2d_kernel
+from qjc.backends.cuda.kernels.elementwise import elementwise_kernel
+from qjc.backends.cuda.kernels.gemm import gemm_kernel
+from qjc.backends.cuda.kernels.pool import pool2d_kernel
+from qjc.backends.cuda.kernels.row_reduce import NORMS, ROW_CORES, SOFTMAXES, row_reduce_kernel
+from qjc.backends.cuda.kernels.scan import cumsum_kernel
+from qjc.backends.cuda.prepare import Prepared
+from qjc.errors import BackendError, UnsupportedOpsError
+from qjc.ir.dims import Dim
+from qjc.ir.graph import Graph, Node, Value
+
+GEMM_CORES = frozenset({"linear", "matmul"})
+# fused kinds made of elementwise ops only: their borders are no barrier to fusing further
+SOFT_KINDS = frozenset({"elementwise", "rope", "swiglu", "geglu"})
+EPILOGUE_CORES = GEMM_CORES | frozenset(NORMS) | frozenset(SOFTMAXES) | {"conv2d"}
+STANDALONE = {"sdpa": attention_kernel, "max_pool2d": pool2d_kernel, "avg_pool2d": pool2d_kernel,
+              "cumsum": cumsum_kernel}
+SUPPORTED_OPS = GENERATOR_OPS | ROW_CORES | GEMM_CORES | {"conv2d"} | frozenset(STANDALONE)
+ALIGN = 256  # bytes; every buffer starts on this boundary (16-byte vector access, cp.async)
+
+
+@dataclass
+class KernelPlan:
+    root: Value
+    core: Node | None = None
+    co_outputs: list[Value] = field(default_factory=list)  # prologue values also stored (row cores)
+    extra_outputs: list[Value] = field(default_factory=list)  # more epilogue results stored
+    inline: set[int] = field(default_factory=set)  # ids of values computed inside
+    reads: set[int] = field(default_factory=set)  # ids of materialized values it loads
+
+
+@dataclass
+class Buffer:
+    id: int
+    name: str
+    dtype: str
+    shape: tuple[Dim, ...]
+    kind: str  # input | weight | temp | workspace
+    first: int = 0  # first step that writes it (inputs: 0)
+    last: int = 0  # last step that reads it
+
+    def numel(self) -> Dim:
+        return product(self.shape)
+
+
+@dataclass
+class Step:
+    kernel: str  # launcher name
+    operands: list[int]  # buffer ids, in the launcher's order (then workspaces)
+    label: str
+
+
+@dataclass
+class Program:
+    graph: Graph
+    syms: SymbolTable
+    buffers: list[Buffer]
+    steps: list[Step]
+    kernels: dict[str, KernelSource]
+    inputs: list[int]  # buffer id per graph input
+    outputs: list[int]  # buffer id per graph output
+    weights: list[tuple[str, int, str, str]]  # (name, buffer id, stored dtype, engine dtype)
+    notes: list[str]
+
+    def kernel_kinds(self) -> dict[str, int]:
+        out: dict[str, int] = {}
+        for k in self.kernels.values():
+            out[k.kind] = out.get(k.kind, 0) + 1
+        return out
+
+
+class Planner:
+    def __init__(self, prepared: Prepared, local_fusion: bool) -> None:
+        self.p = prepared
+        self.g = prepared.graph
+        self.local_fusion = local_fusion
+        self.syms = SymbolTable(self.g.symbols)
+        self.ranges = {n: (r.lo, r.hi) for n, r in self.g.symbols.items()}
+        self.users: dict[int, list[Node]] = {}
+        for node in self.g.nodes:
+            for v in node.inputs:
+                self.users.setdefault(id(v), []).append(node)
+        self.output_ids = {id(v) for v in self.g.outputs}
+        self.position = {id(n): i for i, n in enumerate(self.g.nodes)}
+        self.forced: set[int] = set()  # values materialized after a failed generation
+        self.no_merge: set[int] = set()  # kernel roots kept out of another kernel's epilogue
+        self.attention_views()
+
+    # ---- checks --------------------------------------------------------------------------------
+    def check_supported(self) -> None:
+        bad: dict[str, list[str]] = {}
+        for node in self.g.nodes:
+            why = ""
+            if node.op not in SUPPORTED_OPS:
+                why = "no CUDA lowering"
+            else:
+                for v in node.inputs + node.outputs:
+                    if v.type.dtype.is_quant or v.type.dtype.name == "f8e4m3":
+                        why = f"dtype {v.type.dtype} is not supported yet"
+            if why:
+                bad.setdefault(node.op, []).append(f"{node.label} ({why})")
+        if bad:
+            raise UnsupportedOpsError(f"target cuda (graph {self.g.name})", bad)
+
+    # ---- attention through views -----------------------------------------------------------------
+    def attention_views(self) -> None:
+        """q / k / v that are transposes / reshapes of another buffer are read through strides, and
+        an output whose only use is such a chain is written straight into the chain's result."""
+        self.in_views: dict[int, dict[int, tuple[Value, list[Dim]]]] = {}
+        self.out_views: dict[int, tuple[Value, list[Dim]]] = {}
+        self.out_view_nodes: dict[int, Node] = {}  # id(final value) -> the sdpa node writing it
+        self.view_values: set[int] = set()  # values that exist only as views: never computed
+        self.view_bases: set[int] = set()
+        for node in self.g.nodes:
+            if node.op != "sdpa":
+                continue
+            for i in range(3):
+                chain, u = [], node.inputs[i]
+                while (u.producer is not None and u.producer.op in VIEW_OPS and id(u) not in self.output_ids
+                       and len(self.users.get(id(u), [])) == 1 and self._may_view(u.producer, node)):
+                    chain.append(u.producer)
+                    u = u.producer.inputs[0]
+                if not chain or any(c.inputs[0] in node.inputs for c in chain):
+                    continue
+                strides: list[Dim] | None = _contiguous(u.type.shape)
+                for n in reversed(chain):
+                    strides = view_forward(n, strides) if strides is not None else None
+                if strides is None or strides[-1] != 1:
+                    continue
+                self.in_views.setdefault(id(node), {})[i] = (u, strides)
+                self.view_values |= {id(n.outputs[0]) for n in chain}
+                self.view_bases.add(id(u))
+            chain, u = [], node.outputs[0]
+            while (id(u) not in self.output_ids and len(self.users.get(id(u), [])) == 1
+                   and self.users[id(u)][0].op in VIEW_OPS and self._may_view(self.users[id(u)][0], node)):
+                n = self.users[id(u)][0]
+                chain.append(n)
+                u = n.outputs[0]
+            if not chain:
+                continue
+            strides = _contiguous(u.type.shape)
+            for n in reversed(chain):
+                strides = view_backward(n, strides) if strides is not None else None
+            if strides is None or strides[-1] != 1:
+                continue
+            self.out_views[id(node)] = (u, strides)
+            self.out_view_nodes[id(u)] = node
+            self.view_values |= {id(node.outputs[0])} | {id(n.outputs[0]) for n in chain[:-1]}
+
+    def _may_view(self, layout_node: Node, sdpa: Node) -> bool:
+        return self.local_fusion or self.region(layout_node) == self.region(sdpa)
+
+    # ---- materialization -----------------------------------------------------------------------
+    def region(self, node: Node | None) -> int | None:
+        if node is None:
+            return None
+        r = self.p.regions.get(id(node))
+        return r[0] if r else None
+
+    def fusing(self, node: Node) -> bool:
+        return self.local_fusion or self.region(node) is not None
+
+    def soft(self, node: Node | None) -> bool:
+        """Nodes outside fused groups, or in purely elementwise ones: with local fusion on, their
+        values may be computed inside a neighbouring kernel (two elementwise groups, or an
+        elementwise group and a GEMM epilogue, become one kernel)."""
+        r = self.p.regions.get(id(node)) if node is not None else None
+        return r is None or r[1] in SOFT_KINDS
+
+    def joins(self, producer: Node, consumer: Node) -> bool:
+        if self.region(producer) == self.region(consumer):
+            return self.fusing(producer)
+        return self.local_fusion and self.soft(producer)
+
+    def _accepts_inline(self, consumer: Node, v: Value, producer: Node) -> bool:
+        if not self.joins(producer, consumer):
+            return False
+        if consumer.op in GENERATOR_OPS:
+            return True
+        return consumer.op in ROW_CORES and consumer.inputs[0] is v and v not in consumer.inputs[1:]
+
+    def _absorbable(self, core: Node) -> bool:
+        if core.op not in EPILOGUE_CORES or not self.fusing(core):
+            return False
+        o = core.outputs[0]
+        if id(o) in self.output_ids or id(o) in self.forced:
+            return False
+        users = self.users.get(id(o), [])
+        return bool(users) and all(
+            u.op in ELEMENTWISE_OPS and (self.region(u) == self.region(core) or (self.local_fusion and self.soft(u)))
+            and tuple(u.outputs[0].type.shape) == tuple(o.type.shape) for u in users)
+
+    def materialization(self) -> tuple[set[int], set[int]]:
+        """(ids of materialized values, ids of absorbed core outputs)."""
+        mat: set[int] = {id(v) for v in self.g.inputs} | self.output_ids | set(self.forced)
+        mat |= {id(c.value) for c in self.g.constants.values()}
+        mat |= self.view_bases | set(self.out_view_nodes)
+        absorbed: set[int] = set()
+        for node in self.g.nodes:
+            for v in node.outputs:
+                if id(v) in self.view_values:
+                    continue
+                if node.op not in GENERATOR_OPS:
+                    if self._absorbable(node):
+                        absorbed.add(id(v))
+                    else:
+                        mat.add(id(v))
+                    continue
+                users = self.users.get(id(v), [])
+                if not users or not all(self._accepts_inline(u, v, node) for u in users):
+                    mat.add(id(v))
+        return mat, absorbed
+
+    # ---- kernels -------------------------------------------------------------------------------
+    def alias_source(self, v: Value, mat: set[int]) -> Value | None:
+        """The materialized value whose buffer ``v`` shares, if ``v`` is a zero-copy view."""
+        node = v.producer
+        if node is not None and node.op in ALIAS_OPS and id(node.inputs[0]) in mat:
+            src = node.inputs[0]
+            return self.alias_source(src, mat) or src
+        return None
+
+    def form_kernels(self, mat: set[int], absorbed: set[int]) -> tuple[list[KernelPlan], set[int]]:
+        """Kernel plans, and ids of values that must also be materialized (conflicts)."""
+        plans: list[KernelPlan] = []
+        owner: dict[int, int] = {}
+        conflicts: set[int] = set()
+
+        def walk(v: Value, k: int, plan: KernelPlan) -> None:
+            node = v.producer
+            if node is None:
+                return
+            if node.op in GENERATOR_OPS:
+                sources = node.inputs
+            elif node.op in ROW_CORES:
+                sources = node.inputs[:1]
+            else:
+                sources = []
+            for u in sources:
+                if id(u) in mat:
+                    plan.reads.add(id(u))
+                    continue
+                if id(u) in absorbed:
+                    if plan.core is not None and plan.core is not u.producer:
+                        conflicts.add(id(u))
+                        continue
+                    plan.core = u.producer
+                elif u.producer is None or u.producer.op not in GENERATOR_OPS:
+                    conflicts.add(id(u))
+                    continue
+                if owner.setdefault(id(u), k) != k:
+                    conflicts.add(id(u))
+                    continue
+                if id(u) in plan.inline:
+                    continue
+                plan.inline.add(id(u))
+                walk(u, k, plan)
+
+        for node in self.g.nodes:
+            for v in node.outputs:
+                if id(v) in self.out_view_nodes:  # written by its attention kernel, through strides
+                    plans.append(KernelPlan(v, core=self.out_view_nodes[id(v)]))
+                    continue
+                if id(v) not in mat or v.producer is None or self.alias_source(v, mat) is not None:
+                    continue
+                plan = KernelPlan(v, core=None if node.op in GENERATOR_OPS else node)
+                plans.append(plan)
+                walk(v, len(plans) - 1, plan)
+        return plans, conflicts
+
+    def co_produce(self, plans: list[KernelPlan], mat: set[int]) -> list[KernelPlan]:
+        """Merge a pure elementwise kernel into the row-reduction kernel that reads its output as
+        its input (the residual add before a norm): one pass instead of a write and a re-read."""
+        by_root = {id(p.root): p for p in plans}
+        removed: set[int] = set()
+        for plan in plans:
+            core = plan.core
+            if core is None or core.op not in ROW_CORES or not self.fusing(core):
+                continue
+            x = core.inputs[0]
+            src = by_root.get(id(x))
+            if src is None or src.core is not None or id(src.root) in removed or src is plan:
+                continue
+            if self.region(x.producer) != self.region(core) or x in core.inputs[1:]:
+                continue
+            plan.co_outputs.append(x)
+            plan.inline |= src.inline
+            removed.add(id(src.root))
+        plans = [p for p in plans if id(p.root) not in removed]
+        return self.merge_epilogues(plans)
+
+    def merge_epilogues(self, plans: list[KernelPlan]) -> list[KernelPlan]:
+        """A pure elementwise kernel that reads the stored result of a GEMM / conv / norm kernel,
+        element for element, becomes more outputs of that kernel's epilogue (a residual kept in
+        bf16 and f32, say)."""
+        by_root = {id(p.root): p for p in plans}
+        removed: set[int] = set()
+        for plan in plans:
+            if plan.core is not None or id(plan.root) in self.no_merge:
+                continue
+            for rid in plan.reads:
+                host = by_root.get(rid)
+                if (host is None or host.core is None or host.core.op not in EPILOGUE_CORES or id(host.root) in removed
+                        or tuple(host.root.type.shape) != tuple(plan.root.type.shape)):
+                    continue
+                same = self.region(plan.root.producer)
+                if not (self.local_fusion or (same is not None and same == self.region(host.root.producer))):
+                    continue
+                host.extra_outputs.append(plan.root)
+                host.inline |= plan.inline
+                host.reads |= plan.reads - {id(host.root)}
+                removed.add(id(plan.root))
+                break
+        return [p for p in plans if id(p.root) not in removed]
+
+    # ---- generation ----------------------------------------------------------------------------
+    def generate(self, plan: KernelPlan, ctx: KernelContext) -> KernelSource:
+        core = plan.core
+        if core is None:
+            return elementwise_kernel(ctx, [plan.root])
+        outputs = [plan.root, *plan.extra_outputs]
+        if core.op in ROW_CORES:
+            return row_reduce_kernel(ctx, core, outputs, plan.co_outputs)
+        if core.op in GEMM_CORES:
+            return gemm_kernel(ctx, core, outputs)
+        if core.op == "conv2d":
+            return conv2d_kernel(ctx, core, outputs)
+        if core.op == "sdpa":
+            return attention_kernel(ctx, core, self.in_views.get(id(core)), self.out_views.get(id(core)))
+        if core.op in STANDALONE:
+            return STANDALONE[core.op](ctx, core)
+        raise BackendError(f"no CUDA kernel for {core.label}")
+
+    def plan(self) -> Program:
+        self.check_supported()
+        for _ in range(10_000):
+            mat, absorbed = self.materialization()
+            plans, conflicts = self.form_kernels(mat, absorbed)
+            if conflicts:
+                self.forced |= conflicts
+                continue
+            plans = self.co_produce(plans, mat)
+            ctx = KernelContext(self.syms, self.ranges, lambda v, mat=mat: id(v) in mat)
+            try:
+                sources = []
+                for p in plans:
+                    try:
+                        sources.append(self.generate(p, ctx).finalize())
+                    except NotFusable:
+                        if not p.extra_outputs:
+                            raise
+                        # an epilogue output reads the core's result at another index: keep it apart
+                        self.no_merge |= {id(v) for v in p.extra_outputs}
+                        raise _Retry() from None
+            except _Retry:
+                continue
+            except NotFusable as e:
+                if id(e.value) in self.forced or id(e.value) in mat:
+                    raise BackendError(f"cuda lowering: cannot produce {e}") from None
+                self.forced.add(id(e.value))
+                continue
+            order = self.schedule(plans, sources, mat)
+            if order is None:  # a co-produced value made a cycle: plan without co-production
+                self.forced |= {id(v) for p in plans for v in p.co_outputs}
+                continue
+            return self.build_program(mat, [plans[i] for i in order], [sources[i] for i in order])
+        raise BackendError("cuda lowering did not converge")  # pragma: no cover
+
+    # ---- ordering ------------------------------------------------------------------------------
+    def schedule(self, plans: list[KernelPlan], sources: list[KernelSource], mat: set[int]) -> list[int] | None:
+        writer: dict[int, int] = {}
+        for i, src in enumerate(sources):
+            for v in src.writes:
+                writer[id(v)] = i
+        deps: list[set[int]] = []
+        for i, src in enumerate(sources):
+            d = set()
+            for v in src.operands:
+                if v in src.writes:
+                    continue
+                base = self.alias_source(v, mat) or v
+                w = writer.get(id(base))
+                if w is not None and w != i:
+                    d.add(w)
+            deps.append(d)
+        key = [self.position.get(id(p.root.producer), 0) for p in plans]
+        import heapq
+
+        remaining = [len(d) for d in deps]
+        users: dict[int, list[int]] = {}
+        for i, d in enumerate(deps):
+            for j in d:
+                users.setdefault(j, []).append(i)
+        ready = [(key[i], i) for i in range(len(plans)) if remaining[i] == 0]
+        heapq.heapify(ready)
+        order: list[int] = []
+        while ready:
+            _, i = heapq.heappop(ready)
+            order.append(i)
+            for j in users.get(i, []):
+                remaining[j] -= 1
+                if remaining[j] == 0:
+                    heapq.heappush(ready, (key[j], j))
+        return order if len(order) == len(plans) else None
+
+    # ---- buffers -------------------------------------------------------------------------------
+    def build_program(self, mat: set[int], plans: list[KernelPlan], sources: list[KernelSource]) -> Program:
+        buffers: list[Buffer] = []
+        buf_of: dict[int, int] = {}
+
+        def add(v: Value, kind: str) -> int:
+            b = Buffer(len(buffers), v.name, v.type.dtype.name, tuple(v.type.shape), kind)
+            buffers.append(b)
+            buf_of[id(v)] = b.id
+            return b.id
+
+        inputs = [add(v, "input") for v in self.g.inputs]
+        weights = []
+        for name, c in sorted(self.g.constants.items()):
+            if id(c.value) in buf_of:
+                continue
+            bid = add(c.value, "weight")
+            weights.append((name, bid, self.p.stored_dtypes.get(name, c.value.type.dtype.name),
+                            c.value.type.dtype.name))
+
+        def buffer_of(v: Value) -> int:
+            if id(v) in buf_of:
+                return buf_of[id(v)]
+            src = self.alias_source(v, mat)
+            if src is not None:
+                bid = buffer_of(src)
+                buf_of[id(v)] = bid
+                return bid
+            return add(v, "temp")
+
+        steps: list[Step] = []
+        kernels: dict[str, KernelSource] = {}
+        for i, (plan, src) in enumerate(zip(plans, sources)):
+            operands = [buffer_of(v) for v in src.operands]
+            for w in src.writes:
+                b = buffers[buffer_of(w)]
+                if b.kind == "temp" and b.first == 0 and b.last == 0:
+                    b.first = i
+            for ws in src.workspaces:
+                b = Buffer(len(buffers), f"workspace{i}", ws.dtype.name, (ws.numel,), "workspace", i, i)
+                buffers.append(b)
+                operands.append(b.id)
+            for bid in operands:
+                buffers[bid].last = max(buffers[bid].last, i)
+            steps.append(Step(src.name, operands, plan.root.name))
+            kernels.setdefault(src.name, src)
+        outputs = [buffer_of(v) for v in self.g.outputs]
+        for bid in outputs:
+            buffers[bid].last = len(steps)
+        for b in buffers:
+            if b.kind == "input":
+                b.first = 0
+        notes = list(self.p.notes)
+        if self.forced:
+            notes.append(f"{len(self.forced)} value(s) materialized after fusion conflicts")
+        return Program(self.g, self.syms, buffers, steps, kernels, inputs, outputs, weights, notes)
+
+
+# ---- strided views through layout ops ----------------------------------------------------------------
+
+VIEW_OPS = frozenset({"transpose", "reshape", "squeeze", "unsqueeze", "flatten", "identity"})
+
+
+def _contiguous(shape) -> list[Dim]:
+    out: list[Dim] = []
+    acc: Dim = 1
+    for d in reversed(shape):
+        out.append(acc)
+        acc = acc * d
+    return list(reversed(out))
+
+
+def _is_contiguous(shape, strides) -> bool:
+    return all(d == 1 or s == c for d, s, c in zip(shape, strides, _contiguous(shape)))
+
+
+def view_forward(node: Node, strides: list[Dim]) -> list[Dim] | None:
+    """Strides of ``node``'s output given its input's, or None if it is no longer a strided view."""
+    in_shape, out_shape = node.inputs[0].type.shape, node.outputs[0].type.shape
+    if node.op == "identity":
+        return list(strides)
+    if node.op == "transpose":
+        perm = node.attrs["perm"] or tuple(reversed(range(len(in_shape))))
+        return [strides[p] for p in perm]
+    if node.op in ("squeeze", "unsqueeze", "reshape", "flatten"):
+        if not _is_contiguous(in_shape, strides):
+            kept = [s for d, s in zip(in_shape, strides) if d != 1]
+            if node.op == "squeeze" or (node.op == "unsqueeze"):
+                out, it = [], iter(kept)
+                for d in out_shape:
+                    out.append(0 if d == 1 else next(it))
+                return out
+            return None
+        return _contiguous(out_shape)
+    return None
+
+
+def view_backward(node: Node, strides: list[Dim]) -> list[Dim] | None:
+    """Strides of ``node``'s input given where its output lives (the inverse of view_forward)."""
+    in_shape, out_shape = node.inputs[0].type.shape, node.outputs[0].type.shape
+    if node.op == "identity":
+        return list(strides)
+    if node.op == "transpose":
+        perm = node.attrs["perm"] or tuple(reversed(range(len(in_shape))))
+        out: list[Dim] = [0] * len(perm)
+        for k, p in enumerate(perm):
+            out[p] = strides[k]
+        return out
+    if node.op in ("squeeze", "unsqueeze", "reshape", "flatten") and _is_contiguous(out_shape, strides):
+        return _contiguous(in_shape)
+    return None
+
+
+class _Retry(Exception):
+    """Plan again with what the last attempt learned."""
+
+
+def plan_program(prepared: Prepared, local_fusion: bool = True) -> Program:
+    return Planner(prepared, local_fusion).plan()
+
+
+# ---- arena layout (mirrored by the host engine's planner) ------------------------------------------
+
+
+def arena_layout(buffers: list[Buffer], sizes: dict[int, int]) -> tuple[dict[int, int], int]:
+    """Offsets of the arena buffers (inputs, temps, workspaces) and the arena size: greedy by
+    decreasing size, each placed at the lowest aligned offset that no buffer alive at the same time
+    overlaps. The C++ engine runs the same algorithm per input shape."""
+    arena = [b for b in buffers if b.kind != "weight"]
+    order = sorted(arena, key=lambda b: (-sizes[b.id], b.id))
+    placed: list[tuple[int, int, Buffer]] = []
+    offsets: dict[int, int] = {}
+    top = 0
+    for b in order:
+        size = _aligned(sizes[b.id])
+        busy = sorted((o, o + s) for o, s, other in placed if not (other.last < b.first or b.last < other.first))
+        offset = 0
+        for lo, hi in busy:
+            if offset + size <= lo:
+                break
+            offset = max(offset, hi)
+        offsets[b.id] = offset
+        placed.append((offset, size, b))
+        top = max(top, offset + size)
+    return offsets, top
+
+
+def _aligned(n: int) -> int:
+    return max(ALIGN, (n + ALIGN - 1) // ALIGN * ALIGN)
+
+
+def buffer_bytes(b: Buffer, env: dict[str, int]) -> int:
+    from qjc.ir.dtypes import parse_dtype
+
+    n = b.numel()
+    count = n if isinstance(n, int) else n.evaluate(env)
+    return count * itemsize(parse_dtype(b.dtype))
+
+
+def peak_arena_bytes(program: Program) -> int:
+    """The arena size at the top of every symbol's range (what the manifest reports)."""
+    env = {name: hi for name, (_, hi) in ((n, (r.lo, r.hi)) for n, r in program.graph.symbols.items())}
+    sizes = {b.id: buffer_bytes(b, env) for b in program.buffers}
+    return arena_layout(program.buffers, sizes)[1]
+
+
+__all__ = ["Program", "plan_program", "arena_layout", "peak_arena_bytes"]

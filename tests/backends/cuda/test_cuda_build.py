@@ -1,0 +1,183 @@
+"""Whole models through the standard pipeline into cuda artifacts, compiled with nvcc for sm_80 and
+sm_90a on a machine without a GPU; the nvcc driver's cache and its errors."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from qjc.backends.cuda.nvcc import NvccBuilder, Unit, find_nvcc
+from qjc.errors import BackendError
+
+NVCC = find_nvcc()
+needs_nvcc = pytest.mark.skipif(NVCC is None, reason="nvcc is not installed (building cuda artifacts needs it)")
+ARCHS = ("sm_80", "sm_90a")
+
+
+class SmallCNN:
+    @staticmethod
+    def build():
+        import torch
+
+        class Net(torch.nn.Module):
+            def __init__(self) -> None:
+                super().__init__()
+                self.conv1 = torch.nn.Conv2d(3, 8, 3, padding=1)
+                self.bn1 = torch.nn.BatchNorm2d(8)
+                self.conv2 = torch.nn.Conv2d(8, 16, 3, stride=2, padding=1, groups=2)
+                self.pool = torch.nn.MaxPool2d(2)
+                self.fc = torch.nn.Linear(16 * 4 * 4, 10)
+
+            def forward(self, x):
+                x = self.pool(torch.relu(self.bn1(self.conv1(x))))
+                x = torch.nn.functional.avg_pool2d(torch.relu(self.conv2(x)), 1)
+                return torch.log_softmax(self.fc(x.flatten(1)), dim=-1)
+
+        torch.manual_seed(0)
+        return Net().eval(), (torch.randn(2, 3, 16, 16),)
+
+
+def bert_like():
+    import torch
+    from transformers import BertConfig, BertModel
+
+    torch.manual_seed(0)
+    cfg = BertConfig(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128,
+                     vocab_size=100, max_position_embeddings=64)
+    model = BertModel(cfg).eval()
+    return model, (torch.randint(0, 100, (2, 16)), torch.ones(2, 16, dtype=torch.long))
+
+
+def llama_like():
+    import torch
+    from transformers import LlamaConfig, LlamaModel
+
+    torch.manual_seed(0)
+    cfg = LlamaConfig(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                      intermediate_size=128, vocab_size=100, max_position_embeddings=64, use_cache=False)
+    inner = LlamaModel(cfg).eval().to(torch.bfloat16)
+
+    class Wrapper(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.model = inner
+
+        def forward(self, ids):
+            return self.model(input_ids=ids, use_cache=False).last_hidden_state
+
+    return Wrapper().eval(), (torch.randint(0, 100, (1, 16)),)
+
+
+MODELS = {"cnn": (SmallCNN.build, "auto"), "bert": (bert_like, "fp16"), "llama": (llama_like, "auto")}
+
+
+@pytest.fixture(scope="session")
+def built(tmp_path_factory) -> dict:
+    """Each model compiled once per session (cache in the session's temp dir: every build is real)."""
+    if NVCC is None:
+        pytest.skip("nvcc is not installed")
+    pytest.importorskip("torch")
+    pytest.importorskip("transformers")
+    import os
+
+    from qjc.api import build
+
+    root = tmp_path_factory.mktemp("cuda_build")
+    old = os.environ.get("QJC_CACHE_DIR")
+    os.environ["QJC_CACHE_DIR"] = str(root / "cache")
+    try:
+        out = {}
+        for name, (make, dtype) in MODELS.items():
+            model, example = make()
+            out[name] = build(model, root / f"{name}.qjc", target="cuda", example_inputs=example, archs=ARCHS,
+                              dtype=dtype)
+        return out
+    finally:
+        if old is None:
+            os.environ.pop("QJC_CACHE_DIR", None)
+        else:
+            os.environ["QJC_CACHE_DIR"] = old
+
+
+@needs_nvcc
+@pytest.mark.parametrize("name", list(MODELS))
+def test_model_compiles_for_sm80_and_sm90a(built, name):
+    result = built[name]
+    art = result.artifact
+    manifest = art.manifest
+    assert manifest["target"] == "cuda"
+    assert manifest["arch"] == list(ARCHS)
+    entries = manifest["backend"]
+    lib = art.path / entries["library"]
+    assert lib.is_file() and lib.stat().st_size > 10_000
+    assert (art.path / entries["header"]).is_file()
+    assert entries["kernels"] >= 3 and entries["steps"] >= entries["kernels"] - 1
+    assert manifest["memory_plan_bytes"] > 0
+    sources = sorted(p.name for p in (art.path / entries["sources"]).iterdir())
+    assert "host_engine.cpp" in sources and any(s.startswith("kernels_") for s in sources)
+    # every arch's machine code is in the library (no PTX to JIT)
+    if shutil.which("cuobjdump"):
+        import subprocess
+
+        listing = subprocess.run(["cuobjdump", "--list-elf", str(lib)], capture_output=True, text=True).stdout
+        for arch in ARCHS:
+            assert arch in listing, listing
+
+
+@needs_nvcc
+def test_model_kernel_kinds(built):
+    kinds = {name: built[name].artifact.manifest["backend"]["kernel_kinds"] for name in MODELS}
+    assert "conv2d" in kinds["cnn"] and "pool2d" in kinds["cnn"]
+    assert {"gemm", "attention", "row_reduce"} <= set(kinds["bert"])
+    assert {"gemm", "attention", "row_reduce"} <= set(kinds["llama"])
+
+
+@needs_nvcc
+def test_loading_without_a_gpu_is_a_clear_error(built):
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            pytest.skip("a GPU is present")
+    except ImportError:
+        pass
+    import qjc
+
+    with pytest.raises(BackendError, match="GPU|driver"):
+        qjc.load(built["bert"].artifact.path)
+
+
+@needs_nvcc
+def test_manifest_records_compute_dtype(built):
+    bert = built["bert"].artifact.manifest
+    assert bert["backend"]["dtype"] == "fp16" and bert["backend"]["compute_dtype"] == "f16"
+    # the signature stays the graph's: ids in, f32 hidden states out
+    assert [i["dtype"] for i in bert["signature"]["inputs"]] == ["i64", "i64"]
+    assert bert["signature"]["outputs"][0]["dtype"] == "f32"
+    plan = json.loads((built["bert"].artifact.path / bert["backend"]["plan"]).read_text())
+    assert plan["steps"] and plan["buffers"]
+
+
+@needs_nvcc
+def test_nvcc_cache_hits_and_failures(tmp_path):
+    builder = NvccBuilder(NVCC, ("sm_80",), tmp_path)
+    unit = Unit("k.cu", '#include "h.cuh"\n__global__ void k(float* x) { x[threadIdx.x] = ONE; }\n')
+    lib = builder.build([unit], {"h.cuh": "#define ONE 1.0f\n"})
+    assert lib.is_file() and builder.misses == 1
+    again = NvccBuilder(NVCC, ("sm_80",), tmp_path)
+    assert again.build([unit], {"h.cuh": "#define ONE 1.0f\n"}) == lib and again.misses == 0
+    # a changed header is a different build
+    other = NvccBuilder(NVCC, ("sm_80",), tmp_path)
+    assert other.build([unit], {"h.cuh": "#define ONE 2.0f\n"}) != lib
+    bad = Unit("bad.cu", "__global__ void k() { this is not cuda; }\n")
+    with pytest.raises(BackendError) as err:
+        NvccBuilder(NVCC, ("sm_80",), tmp_path).build([bad], {})
+    text = str(err.value)
+    assert "reproduce with:" in text and NVCC in text and "bad.cu" in text and "-gencode" in text
+    assert "error" in text.lower()
+    # the printed command works as printed: the source stays in the cache
+    command = text.split("reproduce with:", 1)[1].strip()
+    assert Path(command.split(" -c ", 1)[1].split()[0]).is_file()

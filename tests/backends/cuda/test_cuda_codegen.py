@@ -1,0 +1,192 @@
+"""Generated CUDA / C++ source: each template emits the constructs it promises (no nvcc, no GPU)."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from qjc.backends.cuda.backend import CudaBackend
+from qjc.backends.cuda.cexpr import SymbolTable
+from qjc.backends.cuda.codegen import generate_sources
+from qjc.backends.cuda.exprgen import NotFusable
+from qjc.backends.cuda.kernels.attention import attention_kernel
+from qjc.backends.cuda.kernels.base import render
+from qjc.backends.cuda.kernels.context import KernelContext
+from qjc.backends.cuda.kernels.elementwise import elementwise_kernel
+from qjc.backends.cuda.kernels.gemm import gemm_kernel
+from qjc.backends.cuda.kernels.row_reduce import row_reduce_kernel
+from qjc.backends.cuda.options import CudaOptions
+from qjc.backends.cuda.plan import plan_program
+from qjc.backends.cuda.prepare import prepare
+from qjc.errors import BackendError, UnsupportedOpsError
+from qjc.ir.graph import Graph
+from qjc.ir.types import parse_type
+
+
+def _ctx(g: Graph, materialized) -> KernelContext:
+    return KernelContext(SymbolTable(g.symbols), {n: (r.lo, r.hi) for n, r in g.symbols.items()},
+                         lambda v: v in materialized)
+
+
+def test_elementwise_kernel_vectorizes_and_inlines_the_chain():
+    g = Graph()
+    g.add_symbol("seq", 1, 512)
+    x = g.add_input("x", parse_type("bf16[2,seq,64]"))
+    b = g.add_input("b", parse_type("bf16[64]"))
+    y = g.op("gelu", g.op("add", x, b))
+    src = elementwise_kernel(_ctx(g, {x, b}), [y]).finalize().code
+    assert '#include "qjc_common.cuh"' in src
+    # contiguous operands are read and written through 16-byte uint4 accesses (the helpers live in
+    # the common header every kernel includes)
+    assert "q_load_vec<VEC>" in src and "q_store_vec<VEC>" in src
+    assert "uint4" in render("common.cuh.j2") and "__ldg(reinterpret_cast<const uint4*>" in render("common.cuh.j2")
+    assert "q_gelu(" in src and " + " in src  # the add and the gelu are one kernel's body
+    assert re.search(r"cudaError_t qk_elementwise_[0-9a-f]{12}\(void\* const\* p", src)
+    assert "S[0]" in src  # the symbolic dim is read from the engine's symbol array
+
+
+def test_elementwise_index_ops_are_index_arithmetic():
+    g = Graph()
+    x = g.add_input("x", parse_type("f32[2,8,16]"))
+    t = g.op("transpose", x, perm=[0, 2, 1])
+    lo = g.op("slice", t, starts=[0], ends=[4], axes=[2])
+    hi = g.op("slice", t, starts=[4], ends=[8], axes=[2])
+    c = g.op("concat", g.op("neg", hi), lo, axis=2)
+    src = elementwise_kernel(_ctx(g, {x}), [c]).finalize().code
+    assert "if (" in src and "else {" in src  # concat picks its operand per element
+    assert "float4" not in src or "q_load" in src
+    assert "q_load(p1" in src
+
+
+def test_row_reduction_uses_warp_shuffles_and_fuses_prologue_and_epilogue():
+    g = Graph()
+    x = g.add_input("x", parse_type("f16[4,576]"))
+    r = g.add_input("r", parse_type("f16[4,576]"))
+    w = g.add_input("w", parse_type("f16[576]"))
+    h = g.op("add", x, r)
+    y = g.op("rms_norm", h, w)
+    z = g.op("silu", y)
+    src = row_reduce_kernel(_ctx(g, {x, r, w, h, z}), y.producer, [z], [h]).finalize().code
+    assert "__shfl_xor_sync" in src
+    assert "q_silu(" in src  # epilogue
+    assert "rstd" in src and "co0[VEC]" in src  # the residual sum is stored on the way
+    sm = row_reduce_kernel(_ctx(g, {x}), g.op("softmax", x).producer, [g.nodes[-1].outputs[0]], []).code
+    assert "q_exp(" in sm and "__shfl_xor_sync" in sm
+
+
+def test_gemm_kernel_carries_its_epilogue_and_tensor_cores():
+    g = Graph()
+    x = g.add_input("x", parse_type("bf16[2,16,64]"))
+    w = g.add_input("w", parse_type("bf16[128,64]"))
+    bias = g.add_input("bias", parse_type("bf16[128]"))
+    res = g.add_input("res", parse_type("bf16[2,16,128]"))
+    y = g.op("linear", x, w, bias)
+    out = g.op("add", g.op("gelu", y, approximate="tanh"), res)
+    src = gemm_kernel(_ctx(g, {x, w, bias, res, out}), y.producer, [out]).finalize().code
+    assert "q_gelu_tanh(" in src  # the epilogue expression
+    assert "mma.sync.aligned.m16n8k16" in src and "ldmatrix" in src and "cp.async" in src
+    assert "void epilogue(" in src
+
+
+def test_gemv_path_for_small_m_with_split_k():
+    g = Graph()
+    x = g.add_input("x", parse_type("bf16[1,576]"))
+    w = g.add_input("w", parse_type("bf16[576,576]"))
+    y = g.op("linear", x, w)
+    k = gemm_kernel(_ctx(g, {x, w, y}), y.producer, [y]).finalize()
+    assert "gemv<" in k.code and "gemv_finalize" in k.code
+    assert k.workspaces, "split-K needs a partial-sum workspace"
+
+
+def test_attention_kernel_has_tensor_core_and_decode_paths():
+    g = Graph()
+    q = g.add_input("q", parse_type("bf16[1,9,128,64]"))
+    k = g.add_input("k", parse_type("bf16[1,3,128,64]"))
+    o = g.op("sdpa", q, k, k, causal=True)
+    src = attention_kernel(_ctx(g, {q, k, o}), o.producer).finalize().code
+    assert "attn_tc" in src and "attn_simt<4>" in src
+    assert "g.Hq / g.Hkv" in src  # grouped-query heads
+    assert "j <= i + (g.Sk - g.Sq)" in src  # causal, bottom-right
+
+
+def test_host_engine_has_cuda_graphs_and_c_abi():
+    g = Graph()
+    g.add_symbol("batch", 1, 8)
+    x = g.add_input("x", parse_type("f32[batch,32]"))
+    w = g.add_constant("w", __import__("numpy").ones((16, 32), "float32"))
+    g.set_outputs(g.op("relu", g.op("linear", x, w)))
+    program = plan_program(prepare(g, None))
+    sources = generate_sources(program, ("sm_90a",), True)
+    host = next(u.source for u in sources.units if u.name == "host_engine.cpp")
+    for construct in ("cudaStreamBeginCapture", "cudaGraphLaunch", "cudaGraphInstantiate", 'extern "C"',
+                      "qjc_engine_create", "qjc_engine_run", "qjc_engine_output_shape", "qjc_engine_destroy",
+                      "qjc_engine_last_error", "weights.safetensors"):
+        assert construct in host, construct
+    assert "qjc_engine_run" in sources.headers["qjc_engine.h"]
+    # the relu is the GEMM's epilogue: one kernel
+    assert program.kernel_kinds() == {"gemm": 1}
+
+
+def test_local_fusion_groups_elementwise_chains_and_norm_prologues():
+    g = Graph()
+    x = g.add_input("x", parse_type("f32[4,64]"))
+    r = g.add_input("r", parse_type("f32[4,64]"))
+    h = g.op("add", x, r)
+    n = g.op("layer_norm", h)
+    out = g.op("mul", g.op("tanh", n), h)
+    g.set_outputs(out, h)
+    program = plan_program(prepare(g, None))
+    # the add is co-produced by the norm kernel; tanh * h is the norm's epilogue
+    assert program.kernel_kinds() == {"row_reduce": 1}
+    unfused = plan_program(prepare(g, None), local_fusion=False)
+    assert len(unfused.steps) == 4
+
+
+def test_compute_dtype_keeps_the_signature():
+    g = Graph()
+    x = g.add_input("x", parse_type("f32[4,8]"))
+    w = g.add_constant("w", __import__("numpy").ones((8, 8), "float32"))
+    g.set_outputs(g.op("linear", x, w))
+    p = prepare(g, "bf16")
+    assert str(p.graph.inputs[0].type) == "f32[4,8]" and str(p.graph.outputs[0].type) == "f32[4,8]"
+    assert p.stored_dtypes == {"w": "f32"}
+    program = plan_program(p)
+    assert program.weights == [("w", program.weights[0][1], "f32", "bf16")]
+
+
+def test_unsupported_ops_are_listed():
+    from qjc.ir.dtypes import parse_dtype
+
+    g = Graph()
+    x = g.add_input("x", parse_type("f32[4,32]"))
+    g.set_outputs(g.op("quantize", x, dtype=parse_dtype("q4g32a_f16")))
+    with pytest.raises(UnsupportedOpsError, match="quantize"):
+        plan_program(prepare(g, None))
+
+
+def test_not_fusable_is_reported_for_impossible_inline_values():
+    g = Graph()
+    x = g.add_input("x", parse_type("f32[4,4]"))
+    s = g.op("softmax", x)
+    with pytest.raises(NotFusable):
+        elementwise_kernel(_ctx(g, {x}), [g.op("exp", s)])
+
+
+def test_options_and_capabilities():
+    opts = CudaOptions(archs=("sm_80", "sm_90a"), dtype="bf16")
+    assert opts.compute_dtype == "bf16" and opts.stable_hash() == CudaOptions(archs=("sm_80", "sm_90a"),
+                                                                              dtype="bf16").stable_hash()
+    with pytest.raises(ValueError):
+        CudaOptions(archs=("compute_90",))
+    with pytest.raises(ValueError):
+        CudaOptions(dtype="fp8")
+    caps = CudaBackend().capabilities(opts)
+    for op in ("linear", "sdpa", "rms_norm", "conv2d", "gather", "cumsum", "pad"):
+        assert caps.accepts_op(op)
+    assert not caps.accepts_op("quantize")
+    assert {"elementwise", "gemm", "attention", "rope", "swiglu"} <= caps.fused_kinds
+    from qjc.backends.npu_stub.backend import NpuStubOptions
+
+    with pytest.raises(BackendError):
+        CudaBackend().lower(Graph(), NpuStubOptions(), None)
