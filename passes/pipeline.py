@@ -8,7 +8,7 @@ from qjc.passes.cleanup import (
     ConstantFolding,
     DeadCodeElimination,
 )
-from qjc.passes.fusion import FusionPartitioner, RecognizeDecomposed
+from qjc.passes.fusion import FusionPartitioner, MergeParallelGemms, RecognizeDecomposed
 from qjc.passes.layout import LayoutCanonicalization
 from qjc.passes.manager import Pass
 from qjc.passes.memory_plan import MemoryPlanning
@@ -39,6 +39,10 @@ def standard_pipeline() -> list[Pass]:
         # bias adds inside linears, no flatten/unflatten around GEMMs, batch norms folded into
         # convs: fusion then sees GEMMs whose epilogues follow them directly.
         LayoutCanonicalization(),
+        # Projections of one input (q/k/v, gate/up) become one GEMM over concatenated weights and a
+        # split: the input is read once, and fusion gives that GEMM the parts' RoPE or gated product.
+        # After layout, so biases are inside the linears and merge with them.
+        MergeParallelGemms(),
         # Group what one kernel can do (GEMM + epilogue, norm + prologue/epilogue, attention,
         # RoPE, SwiGLU, elementwise chains) into fused nodes, as the backend's capabilities allow.
         FusionPartitioner(),

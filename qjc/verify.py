@@ -59,6 +59,20 @@ def _inputs_for(graph: Graph, rng: np.random.Generator) -> list[np.ndarray]:
     return out
 
 
+def _float_weight_rows(name: str, wq: np.ndarray, float_graph: Graph) -> list[tuple[str, np.ndarray]]:
+    """(float weight, its rows of the dequantized ``wq``) for the compiled weight ``name``: one pair, or
+    one per part when the compiler merged parallel linears into one weight (passes/fusion/parallel_gemms)."""
+    if name in float_graph.constants:
+        return [(name, wq)]
+    from qjc.passes.fusion.parallel_gemms import merged_constant_parts
+
+    parts = merged_constant_parts(name) or []
+    if not parts or any(p not in float_graph.constants for p in parts):
+        return []
+    rows = [float_graph.constants[p].value.type.shape[0] for p in parts]
+    return list(zip(parts, np.split(wq, np.cumsum(rows)[:-1]))) if sum(rows) == wq.shape[0] else []
+
+
 def verify_against(artifact_path: str, model: Any, max_seq: int = 256) -> VerifyReport:
     from qjc.api import load, load_model
     from qjc.artifact import verify_artifact
@@ -80,17 +94,15 @@ def verify_against(artifact_path: str, model: Any, max_seq: int = 256) -> Verify
     for name, const in sorted(compiled.constants.items()):
         if not isinstance(const.data, QuantizedArray):
             continue
-        base = _SCHEME_SUFFIX.sub("", name).removesuffix(".awq_inv")
-        if base not in float_graph.constants:
-            continue
-        w = np.asarray(float_graph.constants[base].data, np.float64)
-        wq = dequantize(const.data, np.float64)
-        x = seen.get(base)
-        out_rel = None
-        if x is not None and wq.shape == w.shape:
-            out_rel = _rel(x @ wq.T, x @ w.T) if not compiled.constants.get(f"{base}.awq_inv") else None
-        report.layers.append(LayerError(base, const.data.scheme.name, _rel(wq, w) if wq.shape == w.shape else
-                                        float("nan"), out_rel))
+        merged = _SCHEME_SUFFIX.sub("", name).removesuffix(".awq_inv")
+        for base, wq in _float_weight_rows(merged, dequantize(const.data, np.float64), float_graph):
+            w = np.asarray(float_graph.constants[base].data, np.float64)
+            x = seen.get(base)
+            out_rel = None
+            if x is not None and wq.shape == w.shape:
+                out_rel = _rel(x @ wq.T, x @ w.T) if not compiled.constants.get(f"{base}.awq_inv") else None
+            report.layers.append(LayerError(base, const.data.scheme.name, _rel(wq, w) if wq.shape == w.shape else
+                                            float("nan"), out_rel))
     got = load(artifact_path)(*inputs)
     got = got if isinstance(got, list) else [got]
     report.end_to_end_rel = [_rel(np.asarray(g, np.float64), np.asarray(w, np.float64))

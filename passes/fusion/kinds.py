@@ -3,8 +3,8 @@
 A finder starts from the kind's core (an sdpa, a GEMM, a norm, a matched RoPE or gated-MLP
 pattern), then grows the prologue and epilogue its kind allows, one node at a time through a
 GroupBuilder, which keeps the group convex and acceptable to the backend. Finders run kind by kind
-in FINDERS order, so a node goes to the first kind that claims it: a residual add after a GEMM
-becomes the GEMM's epilogue, and a norm's prologue gets only what no GEMM took.
+in the order of partition.FINDERS, so a node goes to the first kind that claims it: a residual add
+after a GEMM becomes the GEMM's epilogue, and a norm's prologue gets only what no GEMM took.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from qjc.ir.dims import Dim
 from qjc.ir.graph import Node, Value
 from qjc.ir.ops.shape_rules import broadcast_shapes
 from qjc.passes.fusion.group import Boundary, GraphIndex, GroupBuilder, is_elementwise
-from qjc.passes.fusion.pattern import Var, first_match, maybe, op
+from qjc.passes.fusion.pattern import Match, Var, first_match, maybe, op
 
 Finder = Callable[[Node, GraphIndex, Any], GroupBuilder | None]
 
@@ -65,7 +65,7 @@ def grow_prologue(group: GroupBuilder, start: Value) -> None:
 LAYOUT_OPS = frozenset({"transpose", "reshape", "squeeze", "unsqueeze", "flatten", "split"})
 
 
-def _keeps_last_axis(node: Node) -> bool:
+def keeps_last_axis(node: Node) -> bool:
     """Innermost elements stay contiguous (a transpose that moves the last axis is a real shuffle)."""
     if node.op != "transpose":
         return True
@@ -93,7 +93,7 @@ def grow_layout_prologue(group: GroupBuilder, operands: list[Value]) -> None:
                 continue
             if producer in group:
                 frontier.extend(producer.inputs)
-            elif (group.available(producer) and _keeps_last_axis(producer) and _feeds_only(group, producer)
+            elif (group.available(producer) and keeps_last_axis(producer) and _feeds_only(group, producer)
                   and group.try_add(producer)):
                 frontier.extend(producer.inputs)
                 changed = True
@@ -108,7 +108,7 @@ def grow_layout_epilogue(group: GroupBuilder, value: Value) -> None:
         if len(users) != 1:
             return
         user = users[0]
-        if (user.op not in LAYOUT_OPS or user.op == "split" or not _keeps_last_axis(user)
+        if (user.op not in LAYOUT_OPS or user.op == "split" or not keeps_last_axis(user)
                 or not group.try_add(user)):
             return
         value = user.output
@@ -122,14 +122,27 @@ def _only_output(group: GroupBuilder, value: Value) -> bool:
 # ---- attention ---------------------------------------------------------------------------------
 
 
+def _writes_sequence_axis(node: Node | None) -> bool:
+    """An index_copy of new keys or values into a [B, H, S, D] cache at sequence positions."""
+    return (node is not None and node.op == "index_copy" and node.output.type.rank == 4
+            and node.attrs["axis"] % 4 == 2)
+
+
 def find_attention(node: Node, index: GraphIndex, caps: Any) -> GroupBuilder | None:
-    """One sdpa; q, k, v may arrive through head-splitting reshapes and transposes, and the result
-    may leave through the transpose and reshape that merge the heads back."""
+    """One sdpa; k and v may be caches it first appends the new keys and values to (index_copy
+    along the sequence axis: the new caches are results of the group too); q and the new k, v may
+    arrive through head-splitting reshapes and transposes, and the result may leave through the
+    transpose and reshape that merge the heads back."""
     if node.op != "sdpa":
         return None
     group = _start(index, caps, "attention", [node])
     if group is not None:
-        grow_layout_prologue(group, node.inputs[:3])
+        operands = [node.inputs[0]]
+        for kv in node.inputs[1:3]:
+            write = kv.producer
+            appended = _writes_sequence_axis(write) and group.try_add(write)
+            operands.append(write.inputs[2] if appended else kv)
+        grow_layout_prologue(group, operands)
         grow_layout_epilogue(group, node.output)
     return group
 
@@ -157,8 +170,9 @@ def _is_half(node: Node, first: bool) -> bool:
     return (start, end) == (0, d // 2) if first else (start == d // 2 and end >= d)
 
 
-def find_rope(node: Node, index: GraphIndex, caps: Any) -> GroupBuilder | None:
-    """x * cos + rotate_half(x) * sin, rotate_half(x) = concat(-x[..., d/2:], x[..., :d/2])."""
+def rope_match(node: Node, index: GraphIndex) -> Match | None:
+    """The rotary embedding ``node`` (an add) completes: x * cos + rotate_half(x) * sin,
+    rotate_half(x) = concat(-x[..., d/2:], x[..., :d/2]); None if it is not one."""
     if node.op != "add":
         return None
     m = first_match(ROPE, node.output, index.graph)
@@ -169,6 +183,15 @@ def find_rope(node: Node, index: GraphIndex, caps: Any) -> GroupBuilder | None:
     if (rank == 0 or m.nodes["rot"].attrs["axis"] % rank != rank - 1 or node.output.type != x.type
             or not _is_half(m.nodes["lower"], True) or not _is_half(m.nodes["upper"], False)):
         return None
+    return m
+
+
+def find_rope(node: Node, index: GraphIndex, caps: Any) -> GroupBuilder | None:
+    """x * cos + rotate_half(x) * sin, rotate_half(x) = concat(-x[..., d/2:], x[..., :d/2])."""
+    m = rope_match(node, index)
+    if m is None:
+        return None
+    x = m["x"]
     group = _start(index, caps, "rope", m.covered)
     if group is None or not _only_output(group, node.output):
         return None
@@ -207,12 +230,18 @@ def find_gemm(node: Node, index: GraphIndex, caps: Any) -> GroupBuilder | None:
     group = _start(index, caps, "gemm", [node])
     if group is None:
         return None
-    weight = node.inputs[1]
-    if (weight.producer is not None and weight.producer.op == "dequantize" and index.users_of(weight) == [node]
-            and id(weight) not in index.graph_outputs):
-        group.try_add(weight.producer)  # a shared dequantized weight stays out: it would become a result
+    absorb_weight_dequantize(group, node)
     grow_epilogue(group, node.output.type.shape)
     return group
+
+
+def absorb_weight_dequantize(group: GroupBuilder, gemm: Node) -> None:
+    """Take the dequantize that feeds ``gemm``'s weight operand (the kernel reads the packed weight)."""
+    index = group.index
+    weight = gemm.inputs[1]
+    if (weight.producer is not None and weight.producer.op == "dequantize"
+            and index.users_of(weight) == [gemm] and id(weight) not in index.graph_outputs):
+        group.try_add(weight.producer)  # a shared dequantized weight stays out: it would become a result
 
 
 # ---- reductions with prologue and epilogue -------------------------------------------------------
@@ -271,14 +300,3 @@ def find_elementwise(node: Node, index: GraphIndex, caps: Any) -> GroupBuilder |
     # A lone elementwise op is one kernel already; wrapping it would only hide it from backends
     # that run plain ops.
     return group if len(group.members) >= 2 else None
-
-
-# Kind finders in the order they claim nodes.
-FINDERS: list[tuple[tuple[str, ...], Finder]] = [
-    (("attention",), find_attention),
-    (("rope",), find_rope),
-    (("swiglu", "geglu"), find_gated),
-    (("gemm",), find_gemm),
-    (("rms_norm", "layer_norm", "softmax"), find_reduction),
-    (("elementwise",), find_elementwise),
-]

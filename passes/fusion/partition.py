@@ -1,6 +1,6 @@
 """The fusion partitioner: a module pass that turns groups of nodes into ``fused`` nodes.
 
-Kinds claim nodes in the order of kinds.FINDERS; within a kind, nodes are visited in topological
+Kinds claim nodes in the order of FINDERS; within a kind, nodes are visited in topological
 order. Each group is collapsed as soon as it is complete, so later groups are checked for
 convexity against a graph where earlier groups are already single nodes: no set of groups, each
 acceptable alone, can together close a cycle.
@@ -13,8 +13,29 @@ from collections.abc import Iterable
 
 from qjc.ir.graph import Graph
 from qjc.passes.fusion.group import GraphIndex, collapse, unique_group_name
-from qjc.passes.fusion.kinds import FINDERS
+from qjc.passes.fusion.kinds import (
+    Finder,
+    find_attention,
+    find_elementwise,
+    find_gated,
+    find_gemm,
+    find_reduction,
+    find_rope,
+)
+from qjc.passes.fusion.split_gemm import find_gemm_with_split_epilogue
 from qjc.passes.manager import PassContext
+
+# Kind finders in the order they claim nodes. Attention first (its cache writes and head layouts);
+# then the GEMM of merged projections, before RoPE and the gated product claim its parts' epilogues.
+FINDERS: list[tuple[tuple[str, ...], Finder]] = [
+    (("attention",), find_attention),
+    (("gemm",), find_gemm_with_split_epilogue),
+    (("rope",), find_rope),
+    (("swiglu", "geglu"), find_gated),
+    (("gemm",), find_gemm),
+    (("rms_norm", "layer_norm", "softmax"), find_reduction),
+    (("elementwise",), find_elementwise),
+]
 
 
 class FusionPartitioner:
