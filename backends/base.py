@@ -42,6 +42,8 @@ ENTRY_POINT_GROUP = "qjc.backends"
 # (and so its entry points) is missing, e.g. when running from a source tree.
 BUILTIN_BACKENDS: dict[str, str] = {
     "npu_stub": "qjc.backends.npu_stub:NpuStubBackend",
+    "cuda": "qjc.backends.cuda:CudaBackend",
+    "cpu": "qjc.backends.cpu:CpuBackend",
 }
 
 

@@ -199,6 +199,7 @@ def _optimize(graph: Graph, options: Options, capabilities: Any, pass_timings: l
               notes: list[str]) -> Graph:
     from qjc.passes.manager import DumpIRInstrument, PassContext, PassManager, VerifyInstrument
     from qjc.passes.pipeline import standard_pipeline
+    from qjc.passes.quantize.legalize import DequantizeUnsupportedWeights
     from qjc.passes.quantize.plan import quantization_pass
 
     passes = standard_pipeline()
@@ -207,6 +208,8 @@ def _optimize(graph: Graph, options: Options, capabilities: Any, pass_timings: l
                                  log=lambda note: notes.append(f"calibrate: {note}"))
     if quantize is not None:
         passes.insert(0, quantize)
+    # after quantizing: weights of a type the target has no kernels for become f32 (with a note)
+    passes.insert(1 if quantize is not None else 0, DequantizeUnsupportedWeights())
     manager = PassManager.from_knobs(passes)
     if not options.verify:
         manager.instruments = [i for i in manager.instruments if not isinstance(i, VerifyInstrument)]

@@ -111,7 +111,7 @@ class Graph:
         """Declare a named constant. ``data`` may be None when only the declaration is known."""
         if type is None:
             if not isinstance(data, np.ndarray):
-                raise IRError(f"constant {name}: a type is needed for data of kind {type(data).__name__}")
+                raise IRError(f"constant {name}: a type is needed for data of kind {data.__class__.__name__}")
             type = TensorType(data.shape, from_numpy(data.dtype))
         value = Value(self._claim(self.fresh_name(name)), type)
         self.constants[value.name] = Constant(value, data)

@@ -131,3 +131,27 @@ def test_smollm2_perplexity_gates(capsys):
     assert results["int4"] <= base * 1.10
     assert results["int4-awq"] <= base * 1.10
     _ = torch  # the frontend needs torch; imported here so a missing torch skips at collection
+
+
+def test_targets_without_quantized_kernels_get_f32_weights():
+    from qjc.backends.base import Capabilities
+    from qjc.passes.manager import PassContext
+    from qjc.passes.quantize.legalize import DequantizeUnsupportedWeights
+
+    rng = np.random.default_rng(5)
+    g = _mlp(rng)
+    quantize_weights(g, scheme_for("int4", 32))
+    x = rng.standard_normal((8, 64)).astype(np.float32)
+    (want,) = run(g, [x])
+    caps = Capabilities(ops=frozenset({"linear", "relu"}), dtypes=frozenset({"f32"}))
+    ctx = PassContext(capabilities=caps)
+    DequantizeUnsupportedWeights().run(g, ctx)
+    verify(g)
+    assert not any(isinstance(c.data, QuantizedArray) for c in g.constants.values())
+    assert any("2 weights dequantized to f32" in line for line in ctx.log)
+    np.testing.assert_allclose(run(g, [x])[0], want, rtol=1e-5, atol=1e-6)
+    keeps = PassContext(capabilities=Capabilities(ops=frozenset({"linear"}), dtypes=frozenset({"f32", "q4*"})))
+    h = _mlp(rng)
+    quantize_weights(h, scheme_for("int4", 32))
+    DequantizeUnsupportedWeights().run(h, keeps)
+    assert any(isinstance(c.data, QuantizedArray) for c in h.constants.values())
