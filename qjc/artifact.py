@@ -153,18 +153,10 @@ class Artifact:
 # ---- weights <-> constants ----------------------------------------------------------------------
 
 
-def _all_graphs(graph: Graph) -> list[Graph]:
-    """``graph`` and every fused subgraph inside it, outermost first."""
-    out = [graph]
-    for node in graph.nodes:
-        if node.subgraph is not None:
-            out.extend(_all_graphs(node.subgraph))
-    return out
-
 
 def _all_constants(graph: Graph) -> list[tuple[str, Any]]:
     """(name, Constant) for the graph and its subgraphs: one flat name space, as in the parser."""
-    return [(name, c) for g in _all_graphs(graph) for name, c in g.constants.items()]
+    return [(name, c) for g in graph.all_graphs() for name, c in g.constants.items()]
 
 
 def constants_to_tensors(graph: Graph) -> dict[str, np.ndarray]:

@@ -34,7 +34,7 @@ def _table(rows: list[list[str]], out: TextIO) -> None:
 def cmd_demo(args: argparse.Namespace) -> int:
     from qjc.demo import run_demo
 
-    return run_demo(args.output)
+    return run_demo(args.output, model=args.model)
 
 
 def cmd_targets(args: argparse.Namespace) -> int:
@@ -159,29 +159,19 @@ def cmd_generate(args: argparse.Namespace) -> int:
     import time
 
     from qjc.api import load
-    from qjc.runtime.generation import Generator, Sampling
+    from qjc.runtime.generation import Generator, Sampling, TextStream
 
     gen = Generator(load(args.artifact))
-    tok = gen.tokenizer
-    ids = tok.encode(args.prompt)
-    new: list[int] = []
-    shown = ""
-
-    def stream(token: int) -> None:
-        nonlocal shown
-        new.append(token)
-        text = tok.decode(new, skip_special_tokens=True)
-        sys.stdout.write(text[len(shown):])  # decode the whole tail: tokens can merge into characters
-        sys.stdout.flush()
-        shown = text
-
+    ids = gen.tokenizer.encode(args.prompt)
+    stream = TextStream(gen.tokenizer)
     start = time.perf_counter()
     gen.generate_ids(ids, args.max_new_tokens, Sampling(args.temperature, args.top_k, args.top_p, args.seed),
                      on_token=stream)
     seconds = time.perf_counter() - start
     sys.stdout.write("\n")
-    print(f"[qjc] {len(ids)} prompt + {len(new)} new tokens in {seconds:.2f} s "
-          f"({len(new) / max(seconds, 1e-9):.1f} tokens/s)", file=sys.stderr)
+    new = len(stream.tokens)
+    print(f"[qjc] {len(ids)} prompt + {new} new tokens in {seconds:.2f} s "
+          f"({new / max(seconds, 1e-9):.1f} tokens/s)", file=sys.stderr)
     return EXIT_OK
 
 
@@ -279,8 +269,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"qjc {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
-    p = sub.add_parser("demo", help="compile and run the built-in default model (all-MiniLM-L6-v2)")
-    p.add_argument("-o", "--output", help="artifact directory (default: minilm.qjc)")
+    p = sub.add_parser("demo", help="compile and run a built-in real model (SmolLM2-135M by default)")
+    p.add_argument("-o", "--output", help="artifact directory (default: smollm2.qjc / minilm.qjc)")
+    p.add_argument("--model", choices=["smollm2", "minilm"], default="smollm2")
     p.set_defaults(func=cmd_demo)
     p = sub.add_parser("targets", help="list backends, whether each can run here, and broken plug-ins")
     p.set_defaults(func=cmd_targets)

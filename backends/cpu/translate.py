@@ -60,13 +60,6 @@ def tvm_dtype(value: Value) -> str:
     return TVM_DTYPES[name]
 
 
-def _all_graphs(graph: Graph) -> list[Graph]:
-    out = [graph]
-    for node in graph.nodes:
-        if node.subgraph is not None:
-            out.extend(_all_graphs(node.subgraph))
-    return out
-
 
 def _param_name(constant: str, layout: str) -> str:
     base = re.sub(r"[^A-Za-z0-9_]", "_", constant)
@@ -88,7 +81,7 @@ class Translator:
         # constant (to pack a GEMM weight), not an anonymous value
         self._alias: dict[Value, Value] = {}
         self._constants: dict[Value, Constant] = {
-            c.value: c for g in _all_graphs(graph) for c in g.constants.values()}
+            c.value: c for g in graph.all_graphs() for c in g.constants.values()}
         names = set(graph.symbols)
         for v in graph.inputs:
             for d in v.type.shape:

@@ -30,7 +30,7 @@ from qjc.backends.cuda.kernels.row_reduce import NORMS, ROW_CORES, SOFTMAXES, ro
 from qjc.backends.cuda.kernels.scan import cumsum_kernel
 from qjc.backends.cuda.prepare import Prepared
 from qjc.errors import BackendError, UnsupportedOpsError
-from qjc.ir.dims import Dim
+from qjc.ir.dims import Dim, contiguous_strides
 from qjc.ir.graph import Graph, Node, Value
 
 GEMM_CORES = frozenset({"linear", "matmul"})
@@ -146,7 +146,7 @@ class Planner:
                     u = u.producer.inputs[0]
                 if not chain or any(c.inputs[0] in node.inputs for c in chain):
                     continue
-                strides: list[Dim] | None = _contiguous(u.type.shape)
+                strides: list[Dim] | None = contiguous_strides(u.type.shape)
                 for n in reversed(chain):
                     strides = view_forward(n, strides) if strides is not None else None
                 if strides is None or strides[-1] != 1:
@@ -162,7 +162,7 @@ class Planner:
                 u = n.outputs[0]
             if not chain:
                 continue
-            strides = _contiguous(u.type.shape)
+            strides = contiguous_strides(u.type.shape)
             for n in reversed(chain):
                 strides = view_backward(n, strides) if strides is not None else None
             if strides is None or strides[-1] != 1:
@@ -490,17 +490,9 @@ class Planner:
 VIEW_OPS = frozenset({"transpose", "reshape", "squeeze", "unsqueeze", "flatten", "identity"})
 
 
-def _contiguous(shape) -> list[Dim]:
-    out: list[Dim] = []
-    acc: Dim = 1
-    for d in reversed(shape):
-        out.append(acc)
-        acc = acc * d
-    return list(reversed(out))
-
 
 def _is_contiguous(shape, strides) -> bool:
-    return all(d == 1 or s == c for d, s, c in zip(shape, strides, _contiguous(shape)))
+    return all(d == 1 or s == c for d, s, c in zip(shape, strides, contiguous_strides(shape)))
 
 
 def view_forward(node: Node, strides: list[Dim]) -> list[Dim] | None:
@@ -520,7 +512,7 @@ def view_forward(node: Node, strides: list[Dim]) -> list[Dim] | None:
                     out.append(0 if d == 1 else next(it))
                 return out
             return None
-        return _contiguous(out_shape)
+        return contiguous_strides(out_shape)
     return None
 
 
@@ -536,7 +528,7 @@ def view_backward(node: Node, strides: list[Dim]) -> list[Dim] | None:
             out[p] = strides[k]
         return out
     if node.op in ("squeeze", "unsqueeze", "reshape", "flatten") and _is_contiguous(out_shape, strides):
-        return _contiguous(in_shape)
+        return contiguous_strides(in_shape)
     return None
 
 

@@ -119,6 +119,16 @@ def evaluate(d: Dim, env: dict[str, int]) -> int:
     return d if isinstance(d, int) else d.evaluate(env)
 
 
+def contiguous_strides(shape) -> list[Dim]:
+    """Row-major strides (in elements) of a dense tensor of ``shape``."""
+    out: list[Dim] = []
+    acc: Dim = 1
+    for d in reversed(tuple(shape)):
+        out.append(acc)
+        acc = acc * d
+    return list(reversed(out))
+
+
 def product(dims) -> Dim:
     out: Dim = 1
     for d in dims:

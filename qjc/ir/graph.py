@@ -175,6 +175,14 @@ class Graph:
                 out.setdefault(v, []).append(node)
         return out
 
+    def all_graphs(self) -> list[Graph]:
+        """This graph and every fused subgraph inside it, outermost first."""
+        out = [self]
+        for node in self.nodes:
+            if node.subgraph is not None:
+                out.extend(node.subgraph.all_graphs())
+        return out
+
     def all_values(self) -> list[Value]:
         vals = list(self.inputs) + [c.value for c in self.constants.values()]
         for n in self.nodes:

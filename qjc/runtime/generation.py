@@ -114,6 +114,25 @@ class Generator:
         return self.generate_ids(prompt, max_new_tokens, sampling, **options)
 
 
+class TextStream:
+    """An ``on_token`` callback that writes the newly decoded text as tokens arrive. It decodes the
+    whole continuation each time: several tokens can merge into one character."""
+
+    def __init__(self, tokenizer: Any, write: Callable[[str], Any] | None = None) -> None:
+        import sys
+
+        self.tokenizer = tokenizer
+        self.write = write or (lambda text: (sys.stdout.write(text), sys.stdout.flush()))
+        self.tokens: list[int] = []
+        self.text = ""
+
+    def __call__(self, token: int) -> None:
+        self.tokens.append(token)
+        text = self.tokenizer.decode(self.tokens, skip_special_tokens=True)
+        self.write(text[len(self.text):])
+        self.text = text
+
+
 def load_tokenizer(engine: Any):
     """The tokenizer stored in the artifact (transformers is used only at this edge)."""
     rel = (engine.manifest.get("llm") or {}).get("tokenizer")

@@ -12,7 +12,7 @@ from qjc.backends.cuda.exprgen import Params
 from qjc.backends.cuda.kernels.base import KernelSource, render
 from qjc.backends.cuda.kernels.context import KernelContext
 from qjc.errors import BackendError
-from qjc.ir.dims import Dim
+from qjc.ir.dims import Dim, contiguous_strides
 from qjc.ir.graph import Node, Value
 
 TENSOR_CORE_HEAD_DIMS = (16, 32, 64, 128)
@@ -29,14 +29,6 @@ def _mask_strides(ctx: KernelContext, mask_shape: tuple[Dim, ...], logits: tuple
         acc = acc * d
     return list(reversed(strides))
 
-
-def contiguous_strides(shape: tuple[Dim, ...]) -> list[Dim]:
-    out: list[Dim] = []
-    acc: Dim = 1
-    for d in reversed(shape):
-        out.append(acc)
-        acc = acc * d
-    return list(reversed(out))
 
 
 def attention_kernel(ctx: KernelContext, node: Node, views: dict[int, tuple[Value, list[Dim]]] | None = None,

@@ -11,7 +11,7 @@ from qjc.backends.cuda.cexpr import compute_ctype, ctype, product
 from qjc.backends.cuda.exprgen import IX, Index, Params
 from qjc.backends.cuda.kernels.base import KernelSource, Workspace, indent, render
 from qjc.backends.cuda.kernels.context import KernelContext
-from qjc.ir.dims import Dim
+from qjc.ir.dims import Dim, contiguous_strides
 from qjc.ir.dtypes import f32
 from qjc.ir.graph import Node, Value
 
@@ -19,14 +19,6 @@ GEMV_MAX_SPLITS = 16
 GEMV_SPLIT_MAX_N = 8192  # wider outputs fill the GPU without splitting K
 SPLITK_WORKSPACE_FLOATS = 1 << 21  # 8 MB of f32 partial sums; every GEMM step shares the bytes
 
-
-def _strides(shape: tuple[Dim, ...]) -> list[Dim]:
-    out: list[Dim] = []
-    acc: Dim = 1
-    for d in reversed(shape):
-        out.append(acc)
-        acc = acc * d
-    return list(reversed(out))
 
 
 def _epilogue_value(gen, out: Value, bias: Value | None, n_index: Index, acc: str) -> str:
@@ -102,7 +94,7 @@ def gemm_kernel(ctx: KernelContext, core: Node, outputs: list[Value]) -> KernelS
         terms = {"a_off": [], "b_off": []}
         for name, shape in (("a_off", a_shape), ("b_off", b_shape)):
             own = shape[:-2]
-            strides = _strides(shape)[:-2]
+            strides = contiguous_strides(shape)[:-2]
             lead = len(batch_dims) - len(own)
             for k, d in enumerate(own):
                 if d == 1 and batch_dims[lead + k] != 1:
