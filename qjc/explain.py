@@ -82,29 +82,31 @@ def explain(model: Any, target: str | None = None, out: TextIO = sys.stdout) -> 
     if cov.graph is None:
         out.write("the IR report needs every op converted; see the NO rows above\n")
         return cov
-    if target is None:
-        return cov
     _explain_target(cov.graph, target, out)
     return cov
 
 
-def _explain_target(graph: Graph, target: str, out: TextIO) -> None:
+def _explain_target(graph: Graph, target: str | None, out: TextIO) -> None:
+    """The standard pipeline for ``target`` (or, without one, as if every fusion were allowed)."""
     from qjc.backends.base import get_backend
     from qjc.passes.manager import PassContext, PassManager
     from qjc.passes.pipeline import standard_pipeline
 
-    backend = get_backend(target)
-    caps = backend.capabilities(backend.options_class())
+    caps = None
+    if target is not None:
+        backend = get_backend(target)
+        caps = backend.capabilities(backend.options_class())
     graph = PassManager(standard_pipeline()).run(graph.copy(), PassContext(capabilities=caps))
     rows: dict[str, list[Any]] = {}
     for node in graph.nodes:
         key = f"fused:{node.attrs['kind']}" if node.op == "fused" else node.op
-        ok, why = caps.accepts(node, graph.symbols)
+        ok, why = caps.accepts(node, graph.symbols) if caps is not None else (True, "")
         row = rows.setdefault(key, [0, ok, why])
         row[0] += 1
         if not ok:
             row[1], row[2] = False, why
-    out.write(f"\ntarget {target}: {len(graph.nodes)} nodes after the standard pipeline\n")
+    where = f"target {target}" if target else "no target (every fusion allowed)"
+    out.write(f"\n{where}: {len(graph.nodes)} nodes after the standard pipeline\n")
     _rows(out, ["IR op / fused kind", "count", "accepted", "why not"],
           [[k, str(n), "yes" if ok else "NO", "" if ok else why] for k, (n, ok, why) in sorted(rows.items())])
     fused = [n for n in graph.nodes if n.op == "fused"]

@@ -44,6 +44,10 @@ def test_explain_lists_every_op_and_target_acceptance(spec_dir, capsys):
     assert main(["explain", "qjc_cli_models_fixture:good", "--target", "npu_stub"]) == 0
     out = capsys.readouterr().out
     assert "aten.linear.default" in out and "target npu_stub" in out
+    assert main(["explain", "qjc_cli_models_fixture:good"]) == 0
+    out = capsys.readouterr().out
+    assert "no target (every fusion allowed)" in out and "fused:gemm" in out and "kernels: kernels=1" in out
+    assert "memory plan: arena" in out
     assert main(["explain", "qjc_cli_models_fixture:partly_unsupported"]) == 0
     out = capsys.readouterr().out
     assert "aten.special_bessel_j0.default  1      NO" in out
