@@ -73,7 +73,8 @@ class NpuStubBackend(Backend):
         opts = _own(options)
         return Capabilities(
             ops=frozenset(op for ops in DEVICE_OPS.values() for op in ops),
-            dtypes=frozenset(DEVICE_DTYPES),
+            # with the host fallback, the host's interpreter takes quantized weights as they are
+            dtypes=frozenset(DEVICE_DTYPES + (("q*",) if opts.host_fallback else ())),
             fused_kinds=frozenset(DEVICE_FUSED_KINDS),
             max_fused_inputs=opts.max_fused_inputs,
             layouts={"kv_cache": "contiguous"},
