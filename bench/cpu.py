@@ -379,6 +379,9 @@ def bench_decoder(args, log) -> list[str]:
 
     log(f"SmolLM2: {args.decode_rounds} rounds of {steps} greedy decode steps each ...")
     runs = {"qjc cpu": qjc_generate, "torch eager": torch_generate, "torch eager, HF dynamic cache": hf_generate}
+    llama = llamacpp_generate(gguf, args.threads, max_seq, prompt, steps)
+    if llama is not None:
+        runs["llama.cpp (same GGUF, Q4_1)"] = llama
     for fn in runs.values():
         fn()  # warm-up
     time.sleep(SETTLE_S)
@@ -391,12 +394,20 @@ def bench_decoder(args, log) -> list[str]:
             outputs[name] = tokens
             time.sleep(SETTLE_S)
     same = outputs["qjc cpu"] == outputs["torch eager"] == outputs["torch eager, HF dynamic cache"]
+    llama_note = ""
+    if llama is not None:  # llama.cpp computes with quantized weights and activations: tokens may drift
+        ours, theirs = outputs["qjc cpu"][len(prompt):], outputs["llama.cpp (same GGUF, Q4_1)"][len(prompt):]
+        agree = sum(a == b for a, b in zip(ours, theirs))
+        llama_note = (f" llama.cpp (llama-cpp-python {llama.version}) runs the Q4_1 file as is (about 90 MB of "
+                      "weights per token, so its floor is higher); its greedy tokens agree with qjc's on "
+                      f"{agree}/{steps} steps.")
     # one thread each, tokens per second of the calling thread's CPU time: robust to other load
     from qjc.backends.cpu.tvm_env import configure_threads
 
     configure_threads(1)
     torch.set_num_threads(1)
-    single = {name: steps / fn(time.thread_time)[1] for name, fn in runs.items()}
+    # llama.cpp keeps its own thread pool (set at load), so its calling-thread time means nothing here
+    single = {name: steps / fn(time.thread_time)[1] for name, fn in runs.items() if not name.startswith("llama")}
     configure_threads(args.threads)
     torch.set_num_threads(args.threads)
     weights_mb = sum(p.numel() for p in lm.parameters()) * 4 / 1e6
@@ -411,16 +422,40 @@ def bench_decoder(args, log) -> list[str]:
         f"forward with its dynamic cache); compile "
         f"{compile_s:.1f} s ({stages}); {args.threads} thread(s). Greedy tokens identical: {'yes' if same else 'NO'}. "
         f"Floor: {weights_mb:.0f} MB of fp32 weights per token at {bandwidth:.1f} GB/s measured copy bandwidth "
-        f"= {floor:.0f} tokens/s.",
+        f"= {floor:.0f} tokens/s.{llama_note}",
         "",
         "| engine | tokens/s (median) | vs torch eager | % of bandwidth floor | 1 thread, tokens per CPU second |",
         "| --- | ---: | ---: | ---: | ---: |",
     ]
     for name, value in med.items():
+        one_thread = f"{single[name]:.1f}" if name in single else "-"
         lines.append(f"| {name} | {value:.1f} | {value / med['torch eager']:.2f}x | {100 * value / floor:.0f}% | "
-                     f"{single[name]:.1f} |")
+                     f"{one_thread} |")
     lines.append("")
     return lines
+
+
+def llamacpp_generate(gguf: Path, threads: int, max_seq: int, prompt: list[int], steps: int):
+    """A greedy decode loop over llama-cpp-python with the same GGUF, or None when it is not installed."""
+    try:
+        import llama_cpp
+    except ImportError:
+        return None
+    llm = llama_cpp.Llama(model_path=str(gguf), n_ctx=max_seq, n_threads=threads, n_threads_batch=threads,
+                          logits_all=True, verbose=False)
+
+    def generate(clock=time.perf_counter) -> tuple[list[int], float]:
+        llm.reset()
+        tokens = [int(t) for t in prompt]
+        llm.eval(tokens)
+        start = clock()
+        for _ in range(steps):
+            tokens.append(int(np.argmax(llm.scores[llm.n_tokens - 1])))
+            llm.eval([tokens[-1]])
+        return tokens, clock() - start
+
+    generate.version = llama_cpp.__version__
+    return generate
 
 
 def copy_bandwidth() -> float:
