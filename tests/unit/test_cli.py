@@ -88,7 +88,7 @@ def test_dump_malformed_text_names_the_line(tmp_path, capsys):
     assert err.startswith("error: ") and f"{bad}:5:" in err and "Traceback" not in err
 
 
-def test_dump_other_model_kinds_say_their_frontend_has_not_landed(tmp_path, capsys):
+def test_dump_bad_model_files_exit_1(tmp_path, capsys):
     onnx_file = tmp_path / "m.onnx"
     onnx_file.write_bytes(b"")
     assert main(["dump", str(onnx_file)]) == 1
@@ -193,3 +193,17 @@ def test_installed_console_script(model, tmp_path):
     missing = str(tmp_path / "nope.qir")
     bad = subprocess.run([script, "dump", missing], capture_output=True, text=True, timeout=120)
     assert bad.returncode == 1 and bad.stderr.startswith("error: ")
+
+
+def test_compile_dump_ir_writes_every_pass(model, tmp_path, capsys):
+    path, _ = model
+    dump = tmp_path / "ir"
+    out = tmp_path / "a.qjc"
+    assert main(["compile", str(path), "--target", "npu_stub", "-o", str(out), "--dump-ir", str(dump)]) == 0
+    names = sorted(p.name for p in dump.iterdir())
+    assert names[0] == "00_input.txt" and any(n.endswith("_fusion.txt") or "fus" in n for n in names)
+    assert names[-1].endswith("memory_plan.txt")
+    from qjc.ir.parser import parse_graph
+
+    for name in names:  # every dump is valid IR text
+        parse_graph((dump / name).read_text(), source=name)
