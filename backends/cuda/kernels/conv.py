@@ -3,10 +3,11 @@ following batch norm / bias / activation costs no extra pass over the output."""
 
 from __future__ import annotations
 
-from qjc.backends.cuda.cexpr import compute_ctype, ctype, product
+from qjc.backends.cuda.cexpr import ctype, product
 from qjc.backends.cuda.exprgen import IX, Index, Params
 from qjc.backends.cuda.kernels.base import KernelSource, indent, render
 from qjc.backends.cuda.kernels.context import KernelContext
+from qjc.backends.cuda.kernels.epilogue import store_accumulator
 from qjc.ir.graph import Node, Value
 from qjc.ir.ops.nn import _window_out_size
 
@@ -28,17 +29,7 @@ def conv2d_kernel(ctx: KernelContext, core: Node, outputs: list[Value]) -> Kerne
     shape = out.type.shape
     lead = gen.delinearize(IX("row0", 0), shape[:-1])
     index = Index(flat=IX("flat", 0), multi=tuple(lead) + (IX("il0", 0),))
-    ct = compute_ctype(out.type.dtype)
-    value = f"({ct})acc"
-    if bias is not None:
-        value = f"({value} + {gen.value(bias, Index(flat=IX('o', 0), multi=(IX('o', 0),)))})"
-    if out.type.dtype.name in ("f16", "bf16"):
-        value = f"q_round<{ctype(out.type.dtype)}>({value})"
-    gen.body.append(f"const {ct} c_acc = {value};")
-    gen.bind(out, index, "c_acc")
-    for v in outputs:
-        var = gen.value(v, index)
-        gen.body.append(f"{params.ptr(v, write=True)}[flat] = q_store_cvt<{ctype(v.type.dtype)}>({var});")
+    store_accumulator(gen, params, out, outputs, index, bias, Index(flat=IX("o", 0), multi=(IX("o", 0),)))
     total = product(shape)
     acc_t = "double" if x.type.dtype.name == "f64" else "float"
     source = render(

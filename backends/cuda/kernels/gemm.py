@@ -11,6 +11,7 @@ from qjc.backends.cuda.cexpr import compute_ctype, ctype, product
 from qjc.backends.cuda.exprgen import IX, Index, Params
 from qjc.backends.cuda.kernels.base import KernelSource, Workspace, indent, render
 from qjc.backends.cuda.kernels.context import KernelContext
+from qjc.backends.cuda.kernels.epilogue import store_accumulator
 from qjc.ir.dims import Dim, contiguous_strides
 from qjc.ir.dtypes import f32
 from qjc.ir.graph import Node, Value
@@ -120,20 +121,7 @@ def gemm_kernel(ctx: KernelContext, core: Node, outputs: list[Value]) -> KernelS
     else:
         lead = gen.delinearize(IX("b", 0), batch_dims) if batch_dims else ()
         index = Index(flat=IX("((b * M_ + m) * N_ + n)", 0), multi=tuple(lead) + (IX("m", 0), IX("n", 0)))
-    ct = compute_ctype(out.type.dtype)
-    value = f"({ct})acc"
-    if bias is not None:
-        bv = gen.value(bias, Index(flat=IX("n", 0), multi=(IX("n", 0),)))
-        value = f"({value} + {bv})"
-    # the product is rounded to its dtype, as an unfused linear would store it
-    if out.type.dtype.name in ("f16", "bf16"):
-        value = f"q_round<{ctype(out.type.dtype)}>({value})"
-    gen.body.append(f"const {ct} c_acc = {value};")
-    gen.bind(out, index, "c_acc")
-    for v in outputs:
-        var = gen.value(v, index)
-        ptr = params.ptr(v, write=True)
-        gen.body.append(f"{ptr}[{index.flat.base}] = q_store_cvt<{ctype(v.type.dtype)}>({var});")
+    store_accumulator(gen, params, out, outputs, index, bias, Index(flat=IX("n", 0), multi=(IX("n", 0),)))
 
     pair = _pair_epilogue(ctx, params, outputs, out, bias, folded, o_shape, batch_dims)
     workspaces: list[Workspace] = []
