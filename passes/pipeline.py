@@ -9,6 +9,7 @@ from qjc.passes.cleanup import (
     DeadCodeElimination,
 )
 from qjc.passes.fusion import FusionPartitioner, MergeParallelGemms, RecognizeDecomposed
+from qjc.passes.kv_cache import PagedKVCache
 from qjc.passes.layout import LayoutCanonicalization
 from qjc.passes.manager import Pass
 from qjc.passes.memory_plan import MemoryPlanning
@@ -32,6 +33,9 @@ def standard_pipeline() -> list[Pass]:
         # Drops whatever the steps above left unused, including constants that only fed folded
         # nodes, so the pattern rules below see single-use values where the model has them.
         DeadCodeElimination(),
+        # A decoder's static KV cache becomes a paged pool with block tables when the backend asks
+        # for it (Capabilities.layouts["kv_cache"]); before fusion, so attention fuses in its paged form.
+        PagedKVCache(),
         # Models spell RMSNorm, LayerNorm, softmax, SiLU/GELU and attention as chains of small ops;
         # turn them back into the single ops the backend has kernels for (needs CSE'd inputs).
         RecognizeDecomposed(),

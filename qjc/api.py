@@ -43,6 +43,12 @@ class Options:
     dump_ir: str | None = None
     # Language models: the static KV cache's length (prompt + generated tokens).
     max_seq: int = 256
+    # Language models: sequences decoded at once (the engine's slots for continuous batching).
+    batch: int = 1
+    # Language models on targets with a paged KV cache: tokens per block, and blocks in the pool
+    # (None: enough for every slot to reach max_seq).
+    kv_block_size: int = 16
+    kv_blocks: int | None = None
     # Weight-only quantization of linear layers: none, int8, int4, int4-awq (see passes/quantize).
     quant: str = "none"
     # Group size for int4 modes (32, 64, 128 or 256 values share a scale and zero point).
@@ -70,7 +76,7 @@ def _is_torch_module(model: Any) -> bool:
     return any(c.__module__.startswith("torch.nn") and c.__name__ == "Module" for c in type(model).__mro__)
 
 
-def load_model(model: Any, example_inputs: Any = None, max_seq: int = 256) -> Graph:
+def load_model(model: Any, example_inputs: Any = None, max_seq: int = 256, batch: int = 1) -> Graph:
     """Read ``model`` into a qjc Graph: a Graph as is, or a path to a ``.qir`` IR text file (its
     constants' data from ``MODEL.safetensors`` beside it, if present). Other kinds of model are
     recognized here and sent to their frontend."""
@@ -101,13 +107,13 @@ def load_model(model: Any, example_inputs: Any = None, max_seq: int = 256) -> Gr
             raise QJCError(f"{path} is a compiled qjc artifact, not a model",
                            "run it with `qjc run` or qjc.load()")
         if (path / "config.json").is_file():
-            return _llm_frontend()(path, max_seq=max_seq)
+            return _llm_frontend()(path, max_seq=max_seq, batch=batch)
         raise QJCError(f"{path} is a directory, not a model file")
     suffix = path.suffix.lower()
     if suffix == ".qir":
         return _load_ir_file(path)
     if suffix == ".gguf":
-        return _llm_frontend()(path, max_seq=max_seq)
+        return _llm_frontend()(path, max_seq=max_seq, batch=batch)
     if suffix == ".onnx":
         try:
             from qjc.frontends.onnx import from_onnx
@@ -244,7 +250,8 @@ def build(model: Any, out_dir: str | os.PathLike, target: str = DEFAULT_TARGET, 
         return value
 
     # a copy: passes rewrite in place, and the caller's graph must stay as it was
-    graph = stage("load", lambda: load_model(model, example_inputs, max_seq=general.max_seq).copy())
+    graph = stage("load", lambda: load_model(model, example_inputs, max_seq=general.max_seq,
+                                             batch=general.batch).copy())
     if general.verify:
         stage("verify", lambda: verify_graph(graph))
     caps = backend.capabilities(target_options)

@@ -135,8 +135,9 @@ def cmd_compile(args: argparse.Namespace) -> int:
         print(f"[qjc] {stage} ...", file=sys.stderr, flush=True)
 
     result = build(args.model, out, target=args.target, progress=progress, optimize=not args.no_optimize,
-                   dump_ir=args.dump_ir, max_seq=args.max_seq, quant=args.quant, group_size=args.group_size,
-                   keep=tuple(args.keep), **options)
+                   dump_ir=args.dump_ir, max_seq=args.max_seq, batch=args.batch,
+                   kv_block_size=args.kv_block_size, kv_blocks=args.kv_blocks, quant=args.quant,
+                   group_size=args.group_size, keep=tuple(args.keep), **options)
     width = max(len(name) for name, _ in result.timings)
     for name, seconds in result.timings:
         print(f"  {name:<{width}}  {seconds * 1e3:9.1f} ms")
@@ -295,6 +296,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("compile", help="compile a model into an engine artifact")
     p.add_argument("model", help=MODEL_HELP)
     p.add_argument("--max-seq", type=int, default=256, help="language models: KV-cache length")
+    p.add_argument("--batch", type=int, default=1, help="language models: sequences decoded at once")
+    p.add_argument("--kv-block-size", type=int, default=16, help="language models: tokens per KV-cache block "
+                   "(targets with a paged cache)")
+    p.add_argument("--kv-blocks", type=int, help="language models: KV-cache blocks in the pool (default: enough "
+                   "for every sequence to reach max-seq)")
     p.add_argument("--quant", default="none", choices=["none", "int8", "int4", "int4-awq"],
                    help="weight-only quantization of linear layers")
     p.add_argument("--group-size", type=int, default=128, help="int4 group size (32, 64, 128, 256)")

@@ -25,6 +25,7 @@ CPU_OPS: dict[str, tuple[str, ...]] = {
                     "sub", "mul", "div", "pow", "maximum", "minimum", "eq", "ne", "lt", "le", "gt", "ge",
                     "logical_and", "logical_or", "logical_xor", "logical_not", "where"),
     "matmul": ("matmul", "linear"),
+    "quant": ("dequantize",),
     "reduction": ("sum", "mean", "max", "min", "prod", "argmax", "argmin", "softmax", "log_softmax", "cumsum"),
     "nn": ("layer_norm", "rms_norm", "batch_norm", "conv2d", "max_pool2d", "avg_pool2d"),
     "attention": ("sdpa",),
@@ -32,7 +33,12 @@ CPU_OPS: dict[str, tuple[str, ...]] = {
               "gather_elements", "index", "index_copy", "full", "iota", "flatten", "pad"),
 }
 # f32 is the float type of every kernel; integers and bool appear as indices, masks and shape math.
+# Quantized weights (4 / 8 bits, grouped or per channel, symmetric or with a zero point / float
+# offset) feed linear's quantized GEMM, which dequantizes in registers (kernel_gemm.py); one the
+# kernel cannot take (odd groups, f64 scales, a dequantize feeding anything else) is dequantized to f32
+# at load time instead and the manifest lists it under "dequantized_at_load".
 CPU_DTYPES = ("f32", "i64", "i32", "i8", "u8", "bool")
+CPU_QUANT_DTYPES = ("q4g*_*", "q4c*_*", "q8g*_*", "q8c*_*")
 # Fused groups are translated op by op and re-fused by TVM, so every kind the fusion pass makes is taken.
 CPU_FUSED_KINDS = ("elementwise", "rms_norm", "layer_norm", "softmax", "gemm", "attention", "rope", "swiglu",
                    "geglu")
@@ -56,11 +62,12 @@ class CpuBackend(Backend):
         _own(options)
         return Capabilities(
             ops=frozenset(op for ops in CPU_OPS.values() for op in ops),
-            dtypes=frozenset(CPU_DTYPES),
+            dtypes=frozenset(CPU_DTYPES + CPU_QUANT_DTYPES),
             fused_kinds=frozenset(CPU_FUSED_KINDS),
             max_fused_inputs=64,
             layouts={"kv_cache": "contiguous"},
-            notes="floats are f32; weights of linear / matmul are packed into column panels at load time",
+            notes="floats are f32; weights of linear / matmul are packed into column panels at load time; "
+                  "quantized linear weights stay quantized (dequantized in the GEMM's registers)",
         )
 
     def lower(self, graph: Graph, options: TargetOptions, out_dir: Path) -> dict[str, Any]:
@@ -75,7 +82,7 @@ class CpuBackend(Backend):
 
         report = build_library(graph, opts, Path(out_dir), log)
         tvm = sys.modules["tvm"]
-        return {
+        entries: dict[str, Any] = {
             "arch": [f"{report.target.triple.split('-')[0]}-{report.target.cpu}"],
             "library": LIBRARY_FILE,
             "entry": ENTRY,
@@ -87,6 +94,12 @@ class CpuBackend(Backend):
             "params": [p.to_json() for p in report.params],
             "tvm_version": str(tvm.__version__),
         }
+        if report.dequantized_at_load:
+            # quantized constants read by something other than a quantized GEMM: f32 in memory
+            entries["dequantized_at_load"] = report.dequantized_at_load
+            log(f"cpu: {len(report.dequantized_at_load)} quantized weight(s) dequantized to f32 at load time "
+                "(no quantized kernel reads them)")
+        return entries
 
     def _check_supported(self, graph: Graph, options: CpuOptions) -> None:
         from qjc.backends.cpu.tvm_env import tvm_problem

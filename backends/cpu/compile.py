@@ -29,6 +29,7 @@ class BuildReport:
     config: KernelConfig
     params: list[ParamSpec]
     kernels: int = 0
+    dequantized_at_load: list[str] = field(default_factory=list)  # quantized weights no kernel reads
     timings: list[tuple[str, float]] = field(default_factory=list)
 
 
@@ -93,7 +94,7 @@ def build_library(graph: Graph, options: CpuOptions, out_dir: Path,
         say(f"cpu: {name} {seconds:.2f} s")
         return value
 
-    mod, params = stage("translate", lambda: translate(graph, config))
+    mod, params, report.dequantized_at_load = stage("translate", lambda: translate(graph, config))
     report.params = params
     tvm_target = target.tvm_target(options.threads)
     with tvm_target:

@@ -2,7 +2,8 @@
 
 Loading needs TVM's runtime and numpy only (torch stays unimported, see tvm_env.import_tvm). The
 artifact is verified before the library is loaded; the weights are read from weights.safetensors
-and packed for the GEMM kernels once, here, and stay resident as TVM tensors between calls.
+and packed for the GEMM kernels once, here (quantized weights into the quantized GEMM's codes /
+scales / zeros, see quant_layout.py), and stay resident as TVM tensors between calls.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import numpy as np
 
 from qjc.artifact import WEIGHTS_FILE, Artifact
 from qjc.backends.cpu.tvm_env import configure_threads, import_tvm, missing_cpu_features
-from qjc.backends.cpu.weights import ParamSpec, pack
+from qjc.backends.cpu.weights import ParamSpec, load_param
 from qjc.errors import ArtifactError, BackendError
 from qjc.runtime.engine import Engine
 
@@ -52,10 +53,16 @@ class CpuEngine(Engine):
         stored = load_file(self.artifact.file(WEIGHTS_FILE))
         out = []
         for spec in self.params:
-            if spec.constant not in stored:
-                raise ArtifactError(f"{self.path / WEIGHTS_FILE} has no tensor {spec.constant!r}, "
-                                    "which the compiled library takes as a parameter")
-            array = pack(stored[spec.constant], spec.layout, spec.block)
+            needed = [spec.constant] + ([f"{spec.constant}::scales"] if spec.quant else [])
+            for name in needed:
+                if name not in stored:
+                    raise ArtifactError(f"{self.path / WEIGHTS_FILE} has no tensor {name!r}, which the "
+                                        "compiled library takes as (part of) a parameter")
+            try:
+                array = load_param(stored, spec)
+            except (ValueError, KeyError) as e:
+                raise ArtifactError(f"weight {spec.constant!r} ({spec.quant or spec.dtype}) cannot be laid out "
+                                    f"as {spec.layout}: {e}") from None
             if tuple(array.shape) != spec.shape:
                 raise ArtifactError(f"weight {spec.constant!r} packs to {list(array.shape)}, the library "
                                     f"expects {list(spec.shape)}")

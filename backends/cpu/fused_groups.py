@@ -4,8 +4,9 @@ The translator offers every fused node here first (``translate_group``); a handl
 the whole group and returns its outputs, or returns None and the group is translated op by op
 (TVM then fuses what it can). Handled today:
 
-``gemm``       linear / matmul with a constant weight and an elementwise tail (bias, activation,
-               residual add): one GEMM kernel whose store applies the tail (kernel_gemm.py).
+``gemm``       linear / matmul with a constant weight (f32, or quantized: the constant or its
+               ``dequantize`` inside the group) and an elementwise tail (bias, activation, residual
+               add): one GEMM kernel whose store applies the tail (kernel_gemm.py).
 ``attention``  sdpa whose q / k / v arrive through the head-splitting reshape + transpose and whose
                result leaves through the transpose + reshape merging the heads: the attention kernel
                reads and writes the [batch, seq, heads, dim] layout directly, so the four transposes
@@ -35,15 +36,17 @@ def _users(graph: Graph) -> dict[Value, list[Node]]:
 # ---- gemm --------------------------------------------------------------------------------------------
 
 
-def _epilogue_plan(t: Translator, sub: Graph, gemm: Node) -> tuple[list[Node], list[tuple[Value, str]], str] | None:
+def _epilogue_plan(t: Translator, sub: Graph, gemm: Node, absorbed: list[Node]
+                   ) -> tuple[list[Node], list[tuple[Value, str]], str] | None:
     """The elementwise tail after ``gemm`` as (nodes, extra operands with their kind, signature), or None
-    when the group is not a GEMM followed by a chain the kernel's store can apply."""
+    when the group is not a GEMM followed by a chain the kernel's store can apply. ``absorbed`` nodes
+    (the weight's dequantize) are part of the GEMM."""
     from qjc.backends.cpu.ops_elementwise import BINARY, UNARY
 
     out = gemm.output
     shape = out.type.shape
     n = shape[-1]
-    tail = [node for node in sub.nodes if node is not gemm]
+    tail = [node for node in sub.nodes if node is not gemm and node not in absorbed]
     produced = {out}
     extras: list[tuple[Value, str]] = []
     names: dict[Value, str] = {out: "v"}
@@ -117,9 +120,18 @@ def _epilogue_fn(t: Translator, gemm: Node, tail: list[Node], extras: list[tuple
     return epilogue
 
 
+def _weight_dequantize(sub: Graph, gemm: Node) -> list[Node]:
+    """The ``dequantize`` inside the group that makes ``gemm``'s weight, when nothing else reads it."""
+    producer = gemm.inputs[1].producer
+    if producer is None or producer.op != "dequantize" or producer not in sub.nodes:
+        return []
+    readers = _users(sub).get(gemm.inputs[1], [])
+    return [producer] if readers == [gemm] and gemm.inputs[1] not in sub.outputs else []
+
+
 def gemm_group(t: Translator, node: Node) -> list[Any] | None:
     from qjc.backends.cpu.kernel_gemm import GemmSpec, gemm_func
-    from qjc.backends.cpu.ops_linalg import packable
+    from qjc.backends.cpu.ops_linalg import gemm_operands, packable
     from qjc.ir.dims import product
 
     sub = node.subgraph
@@ -131,7 +143,10 @@ def gemm_group(t: Translator, node: Node) -> list[Any] | None:
     x, w = gemm.inputs[0], gemm.inputs[1]
     if not packable(t, w, x) or x not in sub.inputs:
         return None
-    plan = _epilogue_plan(t, sub, gemm)
+    absorbed = _weight_dequantize(sub, gemm)
+    if w.producer is not None and w.producer in sub.nodes and not absorbed:
+        return None  # a weight computed inside the group (a dequantize read elsewhere too)
+    plan = _epilogue_plan(t, sub, gemm, absorbed)
     if plan is None:
         return None
     tail, extras, signature = plan
@@ -140,12 +155,13 @@ def gemm_group(t: Translator, node: Node) -> list[Any] | None:
     k = int(x.type.shape[-1])
     n = int(w.type.shape[0] if layout == "nk" else w.type.shape[1])
     cfg = t.config
-    spec = GemmSpec(k, n, cfg.gemm_cols, cfg.gemm_rows, bias is not None, tuple(kind for _, kind in extras),
-                    signature)
+    operands, quant = gemm_operands(t, w, layout)
+    spec = GemmSpec(k, n, cfg.gemm_cols, cfg.gemm_rows if quant is None else cfg.qgemm_rows, bias is not None,
+                    tuple(kind for _, kind in extras), signature, quant)
     epilogue = _epilogue_fn(t, gemm, tail, extras)
     gvar = t.kernel(("gemm", spec), lambda name: gemm_func(spec, name, epilogue))
     m = t.dim(product(x.type.shape[:-1]))
-    args = [t.reshape(t.arg(x), [m, t.dim(k)]), t.param(w, layout)]
+    args = [t.reshape(t.arg(x), [m, t.dim(k)]), *operands]
     if bias is not None:
         args.append(t.arg(bias))
     for v, kind in extras:

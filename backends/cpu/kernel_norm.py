@@ -61,13 +61,14 @@ def norm_source(s: NormSpec, name: str = "norm") -> str:
     store_h = [f"            H[row, {c}] = hb[{c}]"] if s.write_input else []
     mean = "red[1]" if s.centered else "T.float32(0)"
     out = f"(hb[{c}] - {mean}) * red[0]" + (f" * Wt[{c}]" if s.weight else "") + (f" + Bs[{c}]" if s.bias else "")
-    # the row buffer lives on the stack unless a row is too long for it
-    scope = ', scope="local"' if s.c <= 16384 else ""
+    # TVM keeps a constant-size "global" buffer under 1 KB on the stack (part, red, a short row buffer);
+    # a longer row buffer costs a TVMBackendAllocWorkspace call per row
+    scope = ', scope="global"' if s.c * 4 < 1024 else ', scope="local"' if s.c <= 16384 else ""
     lines = [
         "for row in T.parallel(m):",
         f'    hb = T.alloc_buffer(({s.c},), "float32"{scope})',
-        f'    part = T.alloc_buffer(({lanes},), "float32", scope="local")',
-        '    red = T.alloc_buffer((2,), "float32", scope="local")',
+        f'    part = T.alloc_buffer(({lanes},), "float32", scope="global")',
+        '    red = T.alloc_buffer((2,), "float32", scope="global")',
         f"    for cc in range({chunks}):",
         f"        for l in T.vectorized({lanes}):",
         f"            hb[{c}] = {value}",

@@ -222,11 +222,13 @@ def {name}({", ".join(params)}):
         b = bh // {s.q_heads}
         h = bh % {s.q_heads}
         kvh = h // {group}
+        # small scratch is "global": TVM puts a constant-size global buffer under 1 KB on the stack, and
+        # anything else behind a TVMBackendAllocWorkspace call per task
         sc = T.alloc_buffer(({ROWS}, {skp}), "float32")
-        part = T.alloc_buffer(({ROWS}, {lanes}), "float32", scope="local")
+        part = T.alloc_buffer(({ROWS}, {lanes}), "float32", scope="global")
         acc = T.alloc_buffer(({ROWS}, {s.value_dim}), "float32", scope="local")
-        red = T.alloc_buffer(({ROWS}, 2), "float32", scope="local")
-        dot = T.alloc_buffer(({lanes},), "float32", scope="local")
+        red = T.alloc_buffer(({ROWS}, 2), "float32", scope="global")
+        dot = T.alloc_buffer(({lanes},), "float32", scope="global")
         if T.int64({sq}) >= {ROWS}:
             kT = T.alloc_buffer(({s.head_dim}, {skp}), "float32")
             for j in range({skp}):

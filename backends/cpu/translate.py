@@ -4,7 +4,9 @@ The function takes the graph inputs (state inputs included) followed by the weig
 tuple of the graph outputs. Symbolic dims become int64 TIR variables shared across the function, so
 one build serves every batch / sequence length in the graph's ranges. Weights are parameters rather
 than constants baked into the library: the runtime reads them from the artifact's
-weights.safetensors, repacking the GEMM weights into the layout the kernels want (``ParamSpec``).
+weights.safetensors, repacking the GEMM weights into the layout the kernels want (``ParamSpec``);
+a quantized linear weight becomes the quantized GEMM's parameters (codes, scales, zeros), and where no
+kernel takes it, one f32 parameter dequantized at load time (listed in ``dequantized_at_load``).
 Constants of a few elements are inlined. Fused groups are translated op by op in place; TVM's
 FuseOps / FuseTIR regroup them.
 """
@@ -18,11 +20,13 @@ from typing import Any
 import numpy as np
 
 from qjc.backends.cpu.converters import load_all
+from qjc.backends.cpu.quant_layout import PARTS, kernel_format, part_dtype, part_shape
 from qjc.backends.cpu.tvm_env import CpuTarget, import_tvm
 from qjc.backends.cpu.weights import ParamSpec, packed_shape
 from qjc.errors import BackendError
 from qjc.ir.dims import SymExpr
 from qjc.ir.graph import Constant, Graph, Node, Value
+from qjc.ir.quant import QuantizedArray
 
 tvm = import_tvm()
 relax = tvm.relax
@@ -43,14 +47,24 @@ class KernelConfig:
     lanes: int  # f32 lanes of one vector register
     gemm_rows: int  # rows of the register tile (MR)
     gemm_cols: int  # columns of the register tile (NB): the weight packing block, a multiple of lanes
+    qgemm_rows: int  # rows of the quantized GEMM's register tile
 
     @staticmethod
     def for_target(target: CpuTarget) -> KernelConfig:
         lanes = target.f32_lanes
         # 32 vector registers with AVX-512 (8 x 2 accumulators), 16 with AVX2 (6 x 2); measured best
-        # on the register file sizes, leaving room for the weight vectors and one broadcast
-        rows = 8 if lanes >= 16 else 6
-        return KernelConfig(lanes, rows, 2 * lanes)
+        # on the register file sizes, leaving room for the weight vectors and one broadcast. The
+        # quantized tile also holds a group's scales and offsets and the dequantized weights.
+        wide = lanes >= 16
+        return KernelConfig(lanes, 8 if wide else 6, 2 * lanes, 8 if wide else 4)
+
+
+class Deferred:
+    """A value emitted only if something reads it (``Translator.arg``): a dequantized weight that a
+    quantized GEMM reads in its packed form needs no float copy."""
+
+    def __init__(self, make: Any) -> None:
+        self.make = make
 
 
 def tvm_dtype(value: Value) -> str:
@@ -75,6 +89,7 @@ class Translator:
         self.bb = relax.BlockBuilder()
         self.env: dict[Value, Any] = {}
         self.params: list[ParamSpec] = []
+        self.dequantized_at_load: list[str] = []  # quantized constants no kernel reads as such
         self._param_vars: dict[tuple[str, str], Any] = {}
         self._kernels: dict[Any, Any] = {}
         # subgraph inputs of fused groups bound to constants outside: converters must see the
@@ -91,6 +106,10 @@ class Translator:
         self.converters = load_all()
         self._main_users = graph.users()
         self._state_inputs = {v for v in graph.inputs if v.name in set(graph.state)}
+        # the fused node being translated op by op with its subgraph's users, and the outer value of
+        # each subgraph input: a KV-cache write inside an attention group still updates in place
+        self._groups: list[tuple[Node, dict[Value, list[Node]]]] = []
+        self._outer_of: dict[Value, Value] = {}
 
     # ---- dims and types ---------------------------------------------------------------------------
     def dim(self, d: int | SymExpr) -> Any:
@@ -116,6 +135,12 @@ class Translator:
     def only_use_of_state(self, value: Value, node: Node) -> bool:
         """``value`` is a state input of the graph (a KV cache) and ``node`` its only user, so ``node`` may
         overwrite it in place (Graph.state: the backend may update state in place)."""
+        if self._groups:
+            group, inner_users = self._groups[-1]
+            assert group.subgraph is not None
+            if inner_users.get(value, []) != [node] or value in group.subgraph.outputs or value not in self._outer_of:
+                return False
+            value, node = self._outer_of[value], group
         value = self.resolve(value)
         users = self._main_users.get(value, [])
         return value in self._state_inputs and users == [node] and value not in self.graph.outputs
@@ -133,16 +158,26 @@ class Translator:
         c = self.constant_of(value)
         return c.data if c is not None and isinstance(c.data, np.ndarray) else None
 
+    def quantized_data(self, value: Value) -> QuantizedArray | None:
+        c = self.constant_of(value)
+        return c.data if c is not None and isinstance(c.data, QuantizedArray) else None
+
     def arg(self, value: Value) -> Any:
         """The Relax expression holding ``value``: a computed value, an input, a weight parameter, or
         an inlined small constant."""
         value = self.resolve(value)
         if value in self.env:
-            return self.env[value]
+            expr = self.env[value]
+            if isinstance(expr, Deferred):
+                expr = self.env[value] = expr.make()
+            return expr
         const = self._constants.get(value)
         if const is None:
             raise BackendError(f"cpu backend: value %{value.name} is used before it is defined (a bug)")
         data = const.data
+        if isinstance(data, QuantizedArray):
+            raise BackendError(f"cpu backend: quantized constant %{value.name} ({value.type}) is read as a "
+                               "tensor; it can only be a linear weight or the input of dequantize")
         if isinstance(data, np.ndarray) and data.size <= INLINE_CONSTANT_ELEMENTS:
             expr = relax.const(np.ascontiguousarray(data), self.dtype(value))
         else:
@@ -160,8 +195,23 @@ class Translator:
         const = self._constants[value]
         shape = tuple(int(d) for d in value.type.shape)
         block = self.config.gemm_cols if layout != "plain" else 0
-        spec = ParamSpec(_param_name(value.name, layout), value.name, layout, block,
-                         packed_shape(shape, layout, block), const.value.type.dtype.name)
+        name = _param_name(value.name, layout)
+        if isinstance(const.data, QuantizedArray):
+            q = const.data
+            if layout in PARTS:
+                fmt = kernel_format(q.scheme, shape[1])
+                assert fmt is not None, "the converter checks kernel_format first"
+                spec = ParamSpec(name, value.name, layout, block, part_shape(fmt, layout, *shape, block),
+                                 part_dtype(fmt, layout), q.scheme.name, shape)
+            else:
+                spec = ParamSpec(name, value.name, layout, block, packed_shape(shape, layout, block), "f32",
+                                 q.scheme.name, shape)
+                self.dequantized_at_load.append(value.name)
+                self.log(f"cpu: {value.name} ({q.scheme.name}) is dequantized to f32 at load time: no "
+                         "quantized kernel reads it")
+        else:
+            spec = ParamSpec(name, value.name, layout, block, packed_shape(shape, layout, block),
+                             const.value.type.dtype.name)
         var = relax.Var(spec.name, relax.TensorType([tirx.IntImm("int64", d) for d in spec.shape],
                                                     TVM_DTYPES[spec.dtype]))
         self.params.append(spec)
@@ -228,20 +278,27 @@ class Translator:
         sub = node.subgraph
         assert sub is not None
         for inner, outer in zip(sub.inputs, node.inputs, strict=True):
-            if self.constant_of(outer) is not None:
+            # constants and deferred values stay visible as what they are (a GEMM packs the weight)
+            if self.constant_of(outer) is not None or isinstance(self.env.get(self.resolve(outer)), Deferred):
                 self._alias[inner] = self.resolve(outer)
             else:
                 self.env[inner] = self.arg(outer)
+                self._outer_of[inner] = outer
         from qjc.backends.cpu.fused_groups import translate_group
 
-        whole = translate_group(self, node)
+        self._groups.append((node, sub.users()))
+        try:
+            whole = translate_group(self, node)
+            if whole is None:
+                self.translate_nodes(sub.nodes)
+        finally:
+            self._groups.pop()
         self.log(f"cpu: fused {node.attrs.get('kind')} group {node.attrs.get('name')}: "
                  + ("one qjc kernel" if whole is not None else "op by op, fused by TVM"))
         if whole is not None:
             for v, expr in zip(node.outputs, whole, strict=True):
                 self.env[v] = expr
             return
-        self.translate_nodes(sub.nodes)
         for v, inner in zip(node.outputs, sub.outputs, strict=True):
             self.env[v] = self.arg(inner)
 
@@ -286,5 +343,8 @@ class Translator:
         return self.bb.get(), list(self.params)
 
 
-def translate(graph: Graph, config: KernelConfig) -> tuple[Any, list[ParamSpec]]:
-    return Translator(graph, config).run()
+def translate(graph: Graph, config: KernelConfig) -> tuple[Any, list[ParamSpec], list[str]]:
+    """The IRModule, its weight parameters, and the quantized constants dequantized at load time."""
+    t = Translator(graph, config)
+    mod, params = t.run()
+    return mod, params, list(t.dequantized_at_load)

@@ -6,6 +6,10 @@ reads NB consecutive floats of one row of K (one or two vector registers) per st
 makes that layout from the stored array when it loads the engine (a transpose, well under a second
 for 100 MB) instead of the artifact holding a second, packed copy.
 
+A constant of a quantized dtype is either split into the quantized GEMM's parameters (quant_layout.py),
+or, where no kernel takes it, dequantized to f32 here and then laid out like a float weight; either
+way the artifact stores it once, packed as qjc packs quantized tensors.
+
 This module needs only numpy: the runtime imports it.
 """
 
@@ -17,9 +21,12 @@ from typing import Any
 
 import numpy as np
 
+from qjc.backends.cpu.quant_layout import PARTS, column_panels, pack_part
+
 # "plain": as stored. "nk": a linear weight [N, K] (torch layout). "kn": a matmul right operand [K, N].
-# Both packed layouts are [ceil(N / block), K, block], zero-padded past N.
-LAYOUTS = ("plain", "nk", "kn")
+# Both packed layouts are [ceil(N / block), K, block], zero-padded past N. The q_* layouts are the parts
+# of a quantized linear weight (quant_layout.py).
+LAYOUTS = ("plain", "nk", "kn", *PARTS)
 
 
 @dataclass(frozen=True)
@@ -29,22 +36,29 @@ class ParamSpec:
     layout: str
     block: int  # NB of a packed layout; 0 for plain
     shape: tuple[int, ...]  # shape as passed to the function
-    dtype: str  # qjc dtype name
+    dtype: str  # qjc dtype name of the parameter
+    # the constant's quantized dtype and [N, K] when it is stored quantized ("" and () otherwise)
+    quant: str = ""
+    logical_shape: tuple[int, ...] = ()
 
     def to_json(self) -> dict[str, Any]:
-        return {"name": self.name, "constant": self.constant, "layout": self.layout, "block": self.block,
-                "shape": list(self.shape), "dtype": self.dtype}
+        d = {"name": self.name, "constant": self.constant, "layout": self.layout, "block": self.block,
+             "shape": list(self.shape), "dtype": self.dtype}
+        if self.quant:
+            d.update(quant=self.quant, logical_shape=list(self.logical_shape))
+        return d
 
     @staticmethod
     def from_json(d: Mapping[str, Any]) -> ParamSpec:
         return ParamSpec(str(d["name"]), str(d["constant"]), str(d["layout"]), int(d["block"]),
-                         tuple(int(x) for x in d["shape"]), str(d["dtype"]))
+                         tuple(int(x) for x in d["shape"]), str(d["dtype"]), str(d.get("quant", "")),
+                         tuple(int(x) for x in d.get("logical_shape", ())))
 
 
 def packed_shape(shape: tuple[int, ...], layout: str, block: int) -> tuple[int, ...]:
     if layout == "plain":
         return shape
-    if layout not in LAYOUTS or len(shape) != 2 or block <= 0:
+    if layout not in ("nk", "kn") or len(shape) != 2 or block <= 0:
         raise ValueError(f"cannot pack a {list(shape)} weight as {layout!r} with block {block}")
     n, k = shape if layout == "nk" else shape[::-1]
     return (-(-n // block), k, block)
@@ -54,10 +68,27 @@ def pack(array: np.ndarray, layout: str, block: int) -> np.ndarray:
     """``array`` in the parameter layout (a contiguous copy for packed layouts)."""
     if layout == "plain":
         return np.ascontiguousarray(array)
-    nk = array if layout == "nk" else array.T
-    n, k = nk.shape
-    panels = -(-n // block)
-    padded = np.zeros((panels * block, k), array.dtype)
-    padded[:n] = nk
-    # [panels, block, K] -> [panels, K, block]
-    return np.ascontiguousarray(padded.reshape(panels, block, k).transpose(0, 2, 1))
+    return column_panels(array if layout == "nk" else array.T, block)
+
+
+def stored_quantized(stored: Mapping[str, np.ndarray], spec: ParamSpec) -> Any:
+    """The QuantizedArray that ``spec.constant`` is stored as ("<name>", "<name>::scales", "<name>::zeros")."""
+    from qjc.ir.dtypes import parse_dtype, quant_scheme_of
+    from qjc.ir.quant import QuantizedArray
+
+    name = spec.constant
+    return QuantizedArray(stored[name], stored[f"{name}::scales"], stored.get(f"{name}::zeros"),
+                          spec.logical_shape, quant_scheme_of(parse_dtype(spec.quant)))
+
+
+def load_param(stored: Mapping[str, np.ndarray], spec: ParamSpec) -> np.ndarray:
+    """The array the compiled function takes for ``spec``, made from the stored tensors."""
+    if not spec.quant:
+        return pack(stored[spec.constant], spec.layout, spec.block)
+    q = stored_quantized(stored, spec)
+    if spec.layout in PARTS:
+        return pack_part(q, spec.layout, spec.block)
+    from qjc.ir.quant import dequantize
+
+    # no kernel takes this weight quantized: a float copy, made once here
+    return pack(dequantize(q, np.float32), spec.layout, spec.block)

@@ -62,7 +62,8 @@ class CudaBackend(Backend):
             dtypes=frozenset(SUPPORTED_DTYPES),
             fused_kinds=frozenset(FUSED_KINDS),
             max_fused_inputs=64,
-            layouts={"kv_cache": "contiguous"},
+            # decoders get a paged KV pool ([blocks, kv_heads, block_size, head_dim]) and the native loop
+            layouts={"kv_cache": "paged:bhsd"},
             shape_limits={"max_rank": 8},
             notes="quantize / dequantize and quantized weights are not supported yet; sdpa head dims <= 256; "
                   "conv2d / pooling need static spatial dims",
@@ -112,6 +113,8 @@ class CudaBackend(Backend):
             "steps": len(program.steps),
             "kernel_kinds": program.kernel_kinds(),
             "cuda_graphs": opts.cuda_graphs,
+            # graph state (a KV pool) stays on the device in this dtype
+            "state_dtype": opts.compute_dtype or "as in the graph",
             "nvcc": builder.version,
             "notes": program.notes,
         }

@@ -10,11 +10,13 @@ from qjc.backends.cuda.cexpr import DTYPE_CODES, itemsize
 from qjc.backends.cuda.kernels.base import render
 from qjc.backends.cuda.nvcc import Unit
 from qjc.backends.cuda.plan import Program
+from qjc.errors import BackendError
 from qjc.ir.dims import SymExpr
 from qjc.ir.dtypes import parse_dtype
 
 HEADER_FILE = Path(__file__).resolve().parent / "qjc_engine.h"
-KIND_CODES = {"input": 0, "weight": 1, "temp": 2, "workspace": 3}
+KIND_CODES = {"input": 0, "weight": 1, "temp": 2, "workspace": 3, "state": 4}
+LOGITS_DTYPES = {"f32": 0, "bf16": 1, "f16": 2}
 
 
 @dataclass
@@ -78,8 +80,40 @@ def host_engine_source(program: Program, archs: tuple[str, ...], cuda_graphs: bo
         "host_engine.cpp.j2", graph_name=_c_string(g.name), nsym=len(syms), symbols=symbols,
         archs=list(archs), cuda_graphs=cuda_graphs, buffers=buffers, weights=weights, inputs=inputs,
         outputs=outputs, steps=steps, kernels=sorted(program.kernels), bind_checks=bind_checks,
-        compound_checks=compound,
+        compound_checks=compound, llm=llm_loop_facts(program),
     )
+
+
+def llm_loop_facts(program: Program) -> dict | None:
+    """What the native generation loop (templates/llm_engine.cpp.j2) needs, for a decoder on a paged
+    KV cache (passes/kv_cache.py); None for any other graph."""
+    g = program.graph
+    llm = g.meta.get("llm") or {}
+    kv = llm.get("kv_cache") or {}
+    if kv.get("layout") != "paged":
+        return None
+    names = [v.name for v in g.inputs]
+    missing = [n for n in ("tokens", "positions", "block_table") if n not in names]
+    logits = g.outputs[0].type.dtype.name
+    if missing or logits not in LOGITS_DTYPES:
+        raise BackendError(f"graph {g.name}: a paged decoder needs inputs tokens, positions, block_table and float "
+                           f"logits first (missing {missing}, logits {logits})")
+    input_dims = []
+    for v in g.inputs:
+        dims = []
+        for d in v.type.shape:
+            if isinstance(d, int):
+                dims.append(str(d))
+            elif _single_symbol(d) == "seq":
+                dims.append("seq")
+            else:
+                raise BackendError(f"graph {g.name}: input {v.name} has dim {d}; the generation loop binds only seq")
+        input_dims.append(dims)
+    return {"batch": llm["batch"], "max_seq": llm["max_seq"], "block_size": kv["block_size"],
+            "max_blocks": kv["max_blocks_per_seq"], "num_blocks": kv["num_blocks"], "vocab": llm["vocab_size"],
+            "logits_dtype": LOGITS_DTYPES[logits], "tokens_input": names.index("tokens"),
+            "positions_input": names.index("positions"), "table_input": names.index("block_table"),
+            "input_dims": input_dims}
 
 
 # Rough relative compile cost of a kernel kind (the tensor-core templates dominate).
@@ -107,6 +141,8 @@ def generate_sources(program: Program, archs: tuple[str, ...], cuda_graphs: bool
     for k, names in enumerate(_group_kernels(sorted(program.kernels), program, jobs)):
         code = "\n".join(program.kernels[n].code for n in names)
         units.append(Unit(f"kernels_{k:02d}.cu", code))
+    if llm_loop_facts(program) is not None:
+        units.append(Unit("sampling.cu", render("sampling.cu.j2")))
     units.append(Unit("host_engine.cpp", host_engine_source(program, archs, cuda_graphs)))
     headers = {"qjc_common.cuh": render("common.cuh.j2"), "qjc_engine.h": HEADER_FILE.read_text(encoding="utf-8")}
     return Sources(units, headers)

@@ -25,6 +25,7 @@ from qjc.backends.cuda.kernels.context import KernelContext
 from qjc.backends.cuda.kernels.conv import conv2d_kernel
 from qjc.backends.cuda.kernels.elementwise import elementwise_kernel
 from qjc.backends.cuda.kernels.gemm import gemm_kernel
+from qjc.backends.cuda.kernels.paged import paged_attention_kernel, paged_kv_write_kernel
 from qjc.backends.cuda.kernels.pool import pool2d_kernel
 from qjc.backends.cuda.kernels.row_reduce import NORMS, ROW_CORES, SOFTMAXES, row_reduce_kernel
 from qjc.backends.cuda.kernels.scan import cumsum_kernel
@@ -39,7 +40,17 @@ SOFT_KINDS = frozenset({"elementwise", "rope", "swiglu", "geglu"})
 EPILOGUE_CORES = GEMM_CORES | frozenset(NORMS) | frozenset(SOFTMAXES) | {"conv2d"}
 STANDALONE = {"sdpa": attention_kernel, "max_pool2d": pool2d_kernel, "avg_pool2d": pool2d_kernel,
               "cumsum": cumsum_kernel}
-SUPPORTED_OPS = GENERATOR_OPS | ROW_CORES | GEMM_CORES | {"conv2d"} | frozenset(STANDALONE)
+# ops whose output is their first input updated in place (the buffer is shared)
+IN_PLACE_OPS = frozenset({"paged_kv_write"})
+# inputs read through strided views (transposes / reshapes of a buffer), and whether the output may
+# be written through one, per op
+VIEWED_INPUTS = {"sdpa": (0, 1, 2)}
+VIEWED_OUTPUT = frozenset({"sdpa", "paged_attention"})
+# the input (by position) an op's kernel computes inline, element by element, from whatever buffer
+# it derives from: the paged kernels apply RoPE / head splits of the QKV GEMM's output as they load
+INLINE_INPUT = {"paged_kv_write": 3, "paged_attention": 0}
+SUPPORTED_OPS = (GENERATOR_OPS | ROW_CORES | GEMM_CORES | {"conv2d", "paged_attention"} | frozenset(STANDALONE)
+                 | IN_PLACE_OPS)
 ALIGN = 256  # bytes; every buffer starts on this boundary (16-byte vector access, cp.async)
 
 
@@ -59,7 +70,7 @@ class Buffer:
     name: str
     dtype: str
     shape: tuple[Dim, ...]
-    kind: str  # input | weight | temp | workspace
+    kind: str  # input | weight | temp | workspace | state (engine-owned, persistent: a KV pool)
     first: int = 0  # first step that writes it (inputs: 0)
     last: int = 0  # last step that reads it
 
@@ -136,9 +147,9 @@ class Planner:
         self.view_values: set[int] = set()  # values that exist only as views: never computed
         self.view_bases: set[int] = set()
         for node in self.g.nodes:
-            if node.op != "sdpa":
+            if node.op not in VIEWED_INPUTS and node.op not in VIEWED_OUTPUT:
                 continue
-            for i in range(3):
+            for i in VIEWED_INPUTS.get(node.op, ()):
                 chain, u = [], node.inputs[i]
                 while (u.producer is not None and u.producer.op in VIEW_OPS and id(u) not in self.output_ids
                        and len(self.users.get(id(u), [])) == 1 and self._may_view(u.producer, node)):
@@ -154,6 +165,8 @@ class Planner:
                 self.in_views.setdefault(id(node), {})[i] = (u, strides)
                 self.view_values |= {id(n.outputs[0]) for n in chain}
                 self.view_bases.add(id(u))
+            if node.op not in VIEWED_OUTPUT:
+                continue
             chain, u = [], node.outputs[0]
             while (id(u) not in self.output_ids and len(self.users.get(id(u), [])) == 1
                    and self.users[id(u)][0].op in VIEW_OPS and self._may_view(self.users[id(u)][0], node)):
@@ -197,11 +210,25 @@ class Planner:
         return self.local_fusion and self.soft(producer)
 
     def _accepts_inline(self, consumer: Node, v: Value, producer: Node) -> bool:
+        if consumer.op in INLINE_INPUT:
+            k = INLINE_INPUT[consumer.op]
+            return consumer.inputs[k] is v and v not in consumer.inputs[:k] + consumer.inputs[k + 1:]
+        if consumer.op in VIEW_OPS and self._feeds_inline_inputs(consumer.outputs[0]):
+            return True  # a head split on its way into a paged kernel, which computes it as it loads
         if not self.joins(producer, consumer):
             return False
         if consumer.op in GENERATOR_OPS:
             return True
         return consumer.op in ROW_CORES and consumer.inputs[0] is v and v not in consumer.inputs[1:]
+
+    def _feeds_inline_inputs(self, v: Value) -> bool:
+        """Whether ``v`` reaches only paged kernels' inline inputs, through layout ops."""
+        if id(v) in self.output_ids:
+            return False
+        users = self.users.get(id(v), [])
+        return bool(users) and all(
+            (u.op in INLINE_INPUT and u.inputs[INLINE_INPUT[u.op]] is v)
+            or (u.op in VIEW_OPS and self._feeds_inline_inputs(u.outputs[0])) for u in users)
 
     def _absorbable(self, core: Node) -> bool:
         if core.op not in EPILOGUE_CORES or not self.fusing(core):
@@ -237,9 +264,10 @@ class Planner:
 
     # ---- kernels -------------------------------------------------------------------------------
     def alias_source(self, v: Value, mat: set[int]) -> Value | None:
-        """The materialized value whose buffer ``v`` shares, if ``v`` is a zero-copy view."""
+        """The materialized value whose buffer ``v`` shares: ``v`` is a zero-copy view of it, or its
+        update in place (a KV-pool write)."""
         node = v.producer
-        if node is not None and node.op in ALIAS_OPS and id(node.inputs[0]) in mat:
+        if node is not None and node.op in ALIAS_OPS | IN_PLACE_OPS and id(node.inputs[0]) in mat:
             src = node.inputs[0]
             return self.alias_source(src, mat) or src
         return None
@@ -258,6 +286,8 @@ class Planner:
                 sources = node.inputs
             elif node.op in ROW_CORES:
                 sources = node.inputs[:1]
+            elif node.op in INLINE_INPUT:
+                sources = [node.inputs[INLINE_INPUT[node.op]]]
             else:
                 sources = []
             for u in sources:
@@ -285,7 +315,9 @@ class Planner:
                 if id(v) in self.out_view_nodes:  # written by its attention kernel, through strides
                     plans.append(KernelPlan(v, core=self.out_view_nodes[id(v)]))
                     continue
-                if id(v) not in mat or v.producer is None or self.alias_source(v, mat) is not None:
+                if id(v) not in mat or v.producer is None:
+                    continue
+                if node.op not in IN_PLACE_OPS and self.alias_source(v, mat) is not None:
                     continue
                 plan = KernelPlan(v, core=None if node.op in GENERATOR_OPS else node)
                 plans.append(plan)
@@ -351,6 +383,10 @@ class Planner:
             return conv2d_kernel(ctx, core, outputs)
         if core.op == "sdpa":
             return attention_kernel(ctx, core, self.in_views.get(id(core)), self.out_views.get(id(core)))
+        if core.op == "paged_attention":
+            return paged_attention_kernel(ctx, core, self.out_views.get(id(core)))
+        if core.op == "paged_kv_write":
+            return paged_kv_write_kernel(ctx, core)
         if core.op in STANDALONE:
             return STANDALONE[core.op](ctx, core)
         raise BackendError(f"no CUDA kernel for {core.label}")
@@ -402,8 +438,10 @@ class Planner:
             for v in src.operands:
                 if v in src.writes:
                     continue
-                base = self.alias_source(v, mat) or v
-                w = writer.get(id(base))
+                # the kernel that wrote this value, else the one that wrote the buffer it views
+                w = writer.get(id(v))
+                if w is None:
+                    w = writer.get(id(self.alias_source(v, mat) or v))
                 if w is not None and w != i:
                     d.add(w)
             deps.append(d)
@@ -438,7 +476,8 @@ class Planner:
             buf_of[id(v)] = b.id
             return b.id
 
-        inputs = [add(v, "input") for v in self.g.inputs]
+        state = set(self.g.state)
+        inputs = [add(v, "state" if v.name in state else "input") for v in self.g.inputs]
         weights = []
         for name, c in sorted(self.g.constants.items()):
             if id(c.value) in buf_of:
@@ -476,6 +515,11 @@ class Planner:
         outputs = [buffer_of(v) for v in self.g.outputs]
         for bid in outputs:
             buffers[bid].last = len(steps)
+        if self.g.state:
+            # a stateful engine (a decoder) keeps its inputs intact through the forward: its
+            # generation loop updates tokens and positions in place for the next step
+            for bid in inputs:
+                buffers[bid].last = len(steps)
         for b in buffers:
             if b.kind == "input":
                 b.first = 0
@@ -547,7 +591,7 @@ def arena_layout(buffers: list[Buffer], sizes: dict[int, int]) -> tuple[dict[int
     """Offsets of the arena buffers (inputs, temps, workspaces) and the arena size: greedy by
     decreasing size, each placed at the lowest aligned offset that no buffer alive at the same time
     overlaps. The C++ engine runs the same algorithm per input shape."""
-    arena = [b for b in buffers if b.kind != "weight"]
+    arena = [b for b in buffers if b.kind not in ("weight", "state")]
     order = sorted(arena, key=lambda b: (-sizes[b.id], b.id))
     placed: list[tuple[int, int, Buffer]] = []
     offsets: dict[int, int] = {}

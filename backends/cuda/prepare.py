@@ -2,7 +2,8 @@
 
 - Compute dtype: with ``dtype=fp16|bf16`` every f32 value becomes that dtype (weights are
   converted by the engine when it loads them); f32 graph inputs are cast on the way in and f32
-  outputs cast back on the way out, so the engine's signature is the graph's.
+  outputs cast back on the way out, so the engine's signature is the graph's -- except state (a KV
+  pool), which the engine keeps in the compute dtype (the manifest's ``state_dtype``).
 - Fused groups are inlined into the node list, each node tagged with its group (region) and kind;
   the planner fuses inside a region as the group says and never across its border. An unknown kind
   simply runs op by op.
@@ -135,7 +136,12 @@ def _convert_floats(g: Graph, dtype: DType, prepared: Prepared, was_f32: list[bo
 
     boundary: list[Node] = []
     new_inputs = []
+    state = set(g.state)
     for v in g.inputs:
+        if v.name in state:
+            convert(v)  # state (a KV pool) lives on the device in the compute dtype: no casts per run
+            new_inputs.append(v)
+            continue
         if v.type.dtype != f32:
             new_inputs.append(v)
             continue
@@ -159,8 +165,9 @@ def _convert_floats(g: Graph, dtype: DType, prepared: Prepared, was_f32: list[bo
     # outputs that were f32 get a cast back (an input passed straight through keeps f32)
     outputs = []
     tail: list[Node] = []
-    for v, f32_out in zip(g.outputs, was_f32):
-        if f32_out and v.type.dtype == dtype:
+    first_state = len(g.outputs) - len(g.state)
+    for k, (v, f32_out) in enumerate(zip(g.outputs, was_f32)):
+        if f32_out and v.type.dtype == dtype and k < first_state:
             back = Value(g._claim(g.fresh_name(f"{v.name}_out")), v.type.with_dtype(f32))
             cast = Node("cast", [v], [back], {"to": f32})
             back.producer = cast

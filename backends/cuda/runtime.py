@@ -16,6 +16,7 @@ import numpy as np
 
 from qjc.artifact import Artifact
 from qjc.backends.cuda import dlpack
+from qjc.backends.cuda.llm_runtime import NativeGenerator, bind_llm
 from qjc.errors import BackendError, QJCError
 from qjc.ir.dtypes import parse_dtype
 from qjc.runtime.engine import Engine
@@ -100,6 +101,13 @@ class CudaEngine(Engine):
         self._out_specs = [parse_dtype(s.dtype) for s in self.signature.outputs]
         self._shape_cache: dict[tuple, list[tuple[int, ...]]] = {}
         self._in_specs = [parse_dtype(s.dtype) for s in self.signature.inputs]
+        # state (a KV pool) lives on the device in the compute dtype; host arrays are converted
+        state = set(artifact.manifest.get("state") or [])
+        state_dtype = (artifact.backend_entries.get("state_dtype") or "").replace("as in the graph", "")
+        self._state_inputs = {k for k, s in enumerate(self.signature.inputs) if s.name in state}
+        self._state_np = parse_dtype(state_dtype).np_dtype if state_dtype else None
+        self._native = bind_llm(self._lib)
+        self._native_generator: NativeGenerator | None = None
 
     # ---- helpers -------------------------------------------------------------------------------
     def _error(self) -> str:
@@ -165,12 +173,38 @@ class CudaEngine(Engine):
         """numpy in, numpy out: host pointers go straight to the engine, which copies them."""
         arrays = [np.ascontiguousarray(a) for a in inputs]
         shapes = [tuple(int(d) for d in a.shape) for a in arrays]
-        outs = [np.empty(shape, dtype=spec.np_dtype)
-                for shape, spec in zip(self.output_shapes(shapes), self._out_specs)]
+        first_state = len(self._out_specs) - len(self._state_inputs)
+        convert = self._state_np is not None
+        if convert:
+            arrays = [a.astype(self._state_np) if k in self._state_inputs else a for k, a in enumerate(arrays)]
+        outs = [np.empty(shape, dtype=self._state_np if convert and k >= first_state else spec.np_dtype)
+                for k, (shape, spec) in enumerate(zip(self.output_shapes(shapes), self._out_specs))]
         self._launch([a.ctypes.data for a in arrays], shapes, [o.ctypes.data for o in outs], 0)
         if self._lib.qjc_stream_synchronize(None) != 0:
             raise BackendError(f"cuda engine run failed: {self._error()}")
+        if convert:
+            outs = [o.astype(spec.np_dtype) if k >= first_state else o
+                    for k, (o, spec) in enumerate(zip(outs, self._out_specs))]
         return outs
+
+    # ---- language models -----------------------------------------------------------------------
+    @property
+    def generator(self) -> NativeGenerator:
+        """The native generation loop (decoders on a paged KV cache)."""
+        if not self._native:
+            raise QJCError(f"{self.path} has no native generation loop (not a decoder with a paged KV cache)")
+        if self._native_generator is None:
+            self._native_generator = NativeGenerator(self)
+        return self._native_generator
+
+    def generate(self, prompt: Any, max_new_tokens: int = 64, **options: Any) -> Any:
+        if not self._native:
+            return super().generate(prompt, max_new_tokens, **options)
+        return self.generator.generate(prompt, max_new_tokens, **options)
+
+    def decode_benchmark(self, batch: int | None = None, context: int = 512, steps: int = 128,
+                         warmup: int = 16) -> dict[str, float]:
+        return self.generator.decode_benchmark(batch, context, steps, warmup)
 
     def _run_device(self, values: list[Any]) -> list[Any]:
         if all(type(x).__module__.startswith("torch") for x in values):

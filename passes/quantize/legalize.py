@@ -1,7 +1,7 @@
 """Quantized weights on a target without kernels for their type: dequantize them at compile time.
 
 A GGUF model keeps its int4/int8 weights by default; a backend that declares no quantized dtypes
-(the CPU backend today) would refuse such a graph. Rather than fail, the weights are expanded to
+(the cuda backend today) would refuse such a graph. Rather than fail, the weights are expanded to
 f32 once, here, and the compile report says so, naming how many weights and bytes it cost.
 """
 

@@ -66,7 +66,7 @@ def test_capabilities_name_ops_dtypes_and_fused_kinds() -> None:
     caps = CpuBackend().capabilities(CpuOptions())
     for op in ("linear", "sdpa", "conv2d", "index_copy", "cumsum", "gather_elements"):
         assert caps.accepts_op(op)
-    assert not caps.accepts_op("dequantize")
+    assert caps.accepts_op("dequantize") and caps.accepts_dtype("q4g32m_f16")
     assert caps.accepts_dtype("f32") and caps.accepts_dtype("i64") and caps.accepts_dtype("bool")
     assert not caps.accepts_dtype("bf16")
     assert {"gemm", "attention", "rope", "swiglu", "geglu", "softmax"} <= caps.fused_kinds

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -181,3 +182,36 @@ def test_nvcc_cache_hits_and_failures(tmp_path):
     # the printed command works as printed: the source stays in the cache
     command = text.split("reproduce with:", 1)[1].strip()
     assert Path(command.split(" -c ", 1)[1].split()[0]).is_file()
+
+
+@needs_nvcc
+def test_paged_decoder_builds_with_the_native_loop(tmp_path):
+    """A decoder for cuda gets a paged KV pool, its kernels and the generation loop's C ABI."""
+    import json
+
+    transformers = pytest.importorskip("transformers")
+    torch = pytest.importorskip("torch")
+    import qjc
+
+    torch.manual_seed(0)
+    cfg = transformers.LlamaConfig(hidden_size=64, num_hidden_layers=1, num_attention_heads=4, num_key_value_heads=2,
+                                   intermediate_size=96, vocab_size=128, max_position_embeddings=128)
+    model_dir = tmp_path / "tiny"
+    transformers.LlamaForCausalLM(cfg).save_pretrained(model_dir)
+    out = tmp_path / "tiny.qjc"
+    qjc.api.build(str(model_dir), out, target="cuda", archs=("sm_90a",), dtype="bf16", max_seq=64, batch=3,
+                  kv_block_size=8)
+    manifest = json.loads((out / "manifest.json").read_text())
+    kv = manifest["llm"]["kv_cache"]
+    assert kv["layout"] == "paged" and kv["block_size"] == 8 and kv["num_blocks"] == 3 * 8
+    assert [s["name"] for s in manifest["signature"]["inputs"][:3]] == ["tokens", "positions", "block_table"]
+    src = out / "cuda" / "src"
+    kernels = "".join(p.read_text() for p in src.glob("kernels_*.cu"))
+    assert "paged_kv_write" in kernels and "merge<<<" in kernels  # in-place cache write, split-K attention
+    assert "qjc_sample_tokens" in (src / "sampling.cu").read_text()
+    host = (src / "host_engine.cpp").read_text()
+    for fn in ("qjc_llm_add", "qjc_llm_step", "qjc_llm_poll", "qjc_llm_release", "cudaGraphLaunch"):
+        assert fn in host
+    symbols = subprocess.run(["nm", "-D", str(out / "cuda" / "libqjc_engine.so")], capture_output=True, text=True)
+    if symbols.returncode == 0:
+        assert "qjc_llm_step" in symbols.stdout
