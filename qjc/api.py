@@ -49,7 +49,7 @@ class Options:
     # (None: enough for every slot to reach max_seq).
     kv_block_size: int = 16
     kv_blocks: int | None = None
-    # Weight-only quantization of linear layers: none, int8, int4, int4-awq (see passes/quantize).
+    # Quantization of linear layers: none, int8, int4, int4-awq (weight-only), fp8 (see passes/quantize).
     quant: str = "none"
     # Group size for int4 modes (32, 64, 128 or 256 values share a scale and zero point).
     group_size: int = 128
@@ -206,16 +206,15 @@ def _optimize(graph: Graph, options: Options, capabilities: Any, pass_timings: l
     from qjc.passes.manager import DumpIRInstrument, PassContext, PassManager, VerifyInstrument
     from qjc.passes.pipeline import standard_pipeline
     from qjc.passes.quantize.legalize import DequantizeUnsupportedWeights
-    from qjc.passes.quantize.plan import quantization_pass
+    from qjc.passes.quantize.plan import activation_pass, quantization_pass
 
-    passes = standard_pipeline()
-    # quantize first: fusion then sees linears with quantized weights and fuses their dequantize
-    quantize = quantization_pass(graph, options.quant, options.group_size, options.keep,
-                                 log=lambda note: notes.append(f"calibrate: {note}"))
-    if quantize is not None:
-        passes.insert(0, quantize)
-    # after quantizing: weights of a type the target has no kernels for become f32 (with a note)
-    passes.insert(1 if quantize is not None else 0, DequantizeUnsupportedWeights())
+    # quantize first: fusion then sees linears with quantized weights and fuses their dequantize;
+    # fp8 activations after the weights (they look for fp8-weight linears); then weights of a type
+    # the target has no kernels for become f32 (with a note)
+    prefix = [quantization_pass(graph, options.quant, options.group_size, options.keep,
+                                log=lambda note: notes.append(f"calibrate: {note}")),
+              activation_pass(options.quant), DequantizeUnsupportedWeights()]
+    passes = [p for p in prefix if p is not None] + standard_pipeline()
     manager = PassManager.from_knobs(passes)
     if not options.verify:
         manager.instruments = [i for i in manager.instruments if not isinstance(i, VerifyInstrument)]

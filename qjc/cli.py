@@ -198,6 +198,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
     from qjc.ir.dtypes import parse_dtype
 
     engine = load(args.artifact)
+    if getattr(engine, "_native", False):  # a decoder with the native generation loop
+        return _bench_llm(engine, args)
     sig = engine.signature
     env = {name: lo for name, lo, _ in sig.symbols}
     env.update({k: int(v) for k, v in _parse_option_pairs(args.dim).items()})
@@ -235,6 +237,23 @@ def cmd_bench(args: argparse.Namespace) -> int:
     print(f"{args.artifact} ({engine.target}) on {shapes}")
     print(f"median {median:.3f} ms ({median * 1e3:.1f} us per call) over {args.iters} runs, {how}; "
           f"min {min(times):.3f} ms, max {max(times):.3f} ms")
+    return EXIT_OK
+
+
+def _bench_llm(engine, args: argparse.Namespace) -> int:
+    """Prefill and decode throughput of the native loop, and per-token latency percentiles."""
+    gen = engine.generator
+    batch = args.batch or gen.slots
+    context = min(args.context, gen.max_seq - args.iters - args.warmup - 2)
+    stats = gen.decode_benchmark(batch=batch, context=context, steps=args.iters, warmup=args.warmup)
+    lat = sorted(gen.token_latencies(context=context, steps=args.iters))
+    pick = lambda q: lat[min(len(lat) - 1, int(q * len(lat)))]  # noqa: E731
+    print(f"{args.artifact} ({engine.target}): {batch} sequence(s), {context} tokens of context")
+    print(f"prefill {batch * context / stats['prefill_ms'] * 1e3:,.0f} tokens/s ({stats['prefill_ms']:.1f} ms)")
+    print(f"decode  {stats['tokens_per_s']:,.0f} tokens/s ({stats['us_per_step']:.1f} us per step, bursts without "
+          "host round trips)")
+    print(f"per-token latency of one sequence streamed token by token: p50 {pick(0.5):.3f} ms, p90 {pick(0.9):.3f} "
+          f"ms, p99 {pick(0.99):.3f} ms")
     return EXIT_OK
 
 
@@ -301,8 +320,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "(targets with a paged cache)")
     p.add_argument("--kv-blocks", type=int, help="language models: KV-cache blocks in the pool (default: enough "
                    "for every sequence to reach max-seq)")
-    p.add_argument("--quant", default="none", choices=["none", "int8", "int4", "int4-awq"],
-                   help="weight-only quantization of linear layers")
+    p.add_argument("--quant", default="none", choices=["none", "int8", "int4", "int4-awq", "fp8"],
+                   help="quantization of linear layers: weight-only int8 / int4 / int4-awq, or fp8 (e4m3 weights, "
+                        "and activations on targets with fp8 kernels)")
     p.add_argument("--group-size", type=int, default=128, help="int4 group size (32, 64, 128, 256)")
     p.add_argument("--keep", action="append", default=[], metavar="REGEX",
                    help="keep weights whose name matches in float (repeatable), e.g. lm_head")
@@ -344,6 +364,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="value of a symbolic dim (default: the bottom of its range)")
     p.add_argument("--warmup", type=int, default=10)
     p.add_argument("-n", "--iters", type=int, default=100)
+    p.add_argument("--batch", type=int, help="language models: sequences decoded at once (default: all slots)")
+    p.add_argument("--context", type=int, default=512, help="language models: prompt tokens before decoding")
     p.set_defaults(func=cmd_bench)
     return parser
 

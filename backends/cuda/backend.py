@@ -99,8 +99,12 @@ class CudaBackend(Backend):
                          "kind": b.kind, "live": [b.first, b.last]} for b in program.buffers],
         }
         (out / PLAN_FILE).write_bytes(dumps_json(plan_summary))
+        kv = dict((graph.meta.get("llm") or {}).get("kv_cache") or {})
+        if kv.get("layout") == "paged":  # the pool as this engine holds it: the ABI of its cache
+            kv["dtype"] = opts.compute_dtype or kv.get("dtype")
         return {
             "arch": list(opts.archs),
+            "kv_cache": kv or None,
             "memory_plan_bytes": peak_arena_bytes(program),
             "library": LIBRARY,
             "header": HEADER,

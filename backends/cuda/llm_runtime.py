@@ -177,3 +177,20 @@ class NativeGenerator:
                 self.release(r)
         us = elapsed / steps * 1e6
         return {"us_per_step": us, "tokens_per_s": batch * steps / elapsed, "prefill_ms": prefill * 1e3}
+
+    def token_latencies(self, context: int = 128, steps: int = 64, seed: int = 0) -> list[float]:
+        """Milliseconds per token of one sequence stepped one token at a time (what a streaming
+        client sees: a step, a host round trip, the token)."""
+        rng = np.random.default_rng(seed)
+        rid = self.add(rng.integers(0, self.vocab, max(1, context)).tolist(), steps + 1, GREEDY, stop_ids=[])
+        out = []
+        try:
+            while not self.tokens(rid)[0]:
+                self.step(1)
+            for _ in range(steps):
+                start = time.perf_counter()
+                self.step(1)
+                out.append((time.perf_counter() - start) * 1e3)
+        finally:
+            self.release(rid)
+        return out

@@ -43,6 +43,7 @@ def calibration_inputs(graph: Graph, n_tokens: int = 256) -> list[np.ndarray]:
 
 def quantization_pass(graph: Graph, mode: str, group_size: int = 128, keep: Sequence[str] = (),
                       log=None) -> QuantizeWeights | None:
+    """The weight pass of ``mode`` (None for "none"); fp8 also needs ``activation_pass``."""
     scheme = scheme_for(mode, group_size)
     if scheme is None:
         return None
@@ -52,3 +53,10 @@ def quantization_pass(graph: Graph, mode: str, group_size: int = 128, keep: Sequ
         for note in notes if log is not None else ():
             log(note)
     return QuantizeWeights(scheme, keep, scales)
+
+
+def activation_pass(mode: str):
+    """The pass that quantizes activations for ``mode``, or None (only fp8 has one)."""
+    from qjc.passes.quantize.activations import QuantizeActivationsFp8
+
+    return QuantizeActivationsFp8() if mode == "fp8" else None

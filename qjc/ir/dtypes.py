@@ -67,6 +67,8 @@ class QuantScheme:
     i.e. per output channel). ``symmetric`` schemes store only a scale; asymmetric ones also a
     zero per group: an integer zero point (``zero="int"``: value = (q - z) * scale) or a float
     offset in the scale dtype (``zero="float"``: value = q * scale + offset, GGUF Q4_1's form).
+    ``codes="e4m3"``: the 8-bit codes are fp8 e4m3 numbers (value = code * scale, symmetric), named
+    ``f8e4m3c_f32`` / ``f8e4m3g128_f16`` so no integer-scheme pattern (``q8c*``) matches them.
     """
 
     bits: int
@@ -74,6 +76,7 @@ class QuantScheme:
     symmetric: bool
     scale_dtype: DType
     zero: str = "int"
+    codes: str = "int"
 
     def __post_init__(self) -> None:
         if self.bits not in (4, 8):
@@ -86,10 +89,16 @@ class QuantScheme:
             raise ValueError(f"zero must be 'int' or 'float', got {self.zero!r}")
         if self.symmetric and self.zero != "int":
             object.__setattr__(self, "zero", "int")  # a symmetric scheme has no zero: one spelling
+        if self.codes not in ("int", "e4m3"):
+            raise ValueError(f"codes must be 'int' or 'e4m3', got {self.codes!r}")
+        if self.codes == "e4m3" and (self.bits != 8 or not self.symmetric):
+            raise ValueError("fp8 e4m3 codes are 8-bit and symmetric (value = code * scale)")
 
     @property
     def name(self) -> str:
         group = f"g{self.group_size}" if self.group_size else "c"
+        if self.codes == "e4m3":
+            return f"f8e4m3{group}_{self.scale_dtype.name}"
         kind = "s" if self.symmetric else ("a" if self.zero == "int" else "m")
         return f"q{self.bits}{group}{kind}_{self.scale_dtype.name}"
 
@@ -99,6 +108,7 @@ class QuantScheme:
 
 
 _QUANT_RE = re.compile(r"^q(\d+)(?:g(\d+)|c)([sam])_(\w+)$")
+_FP8_RE = re.compile(r"^f8e4m3(?:g(\d+)|c)_(\w+)$")
 
 
 def _scheme_of_match(m: re.Match) -> QuantScheme:
@@ -106,22 +116,32 @@ def _scheme_of_match(m: re.Match) -> QuantScheme:
                        "float" if m.group(3) == "m" else "int")
 
 
+def _scheme_of_name(name: str) -> QuantScheme | None:
+    m = _QUANT_RE.match(name)
+    if m and m.group(4) in PLAIN_DTYPES:
+        return _scheme_of_match(m)
+    m = _FP8_RE.match(name)
+    if m and m.group(2) in PLAIN_DTYPES:
+        return QuantScheme(8, int(m.group(1) or 0), True, PLAIN_DTYPES[m.group(2)], codes="e4m3")
+    return None
+
+
 def quant_scheme_of(dtype: DType) -> QuantScheme:
-    m = _QUANT_RE.match(dtype.name)
-    if not m or dtype.kind != "quant":
+    scheme = _scheme_of_name(dtype.name) if dtype.kind == "quant" else None
+    if scheme is None:
         raise ValueError(f"{dtype} is not a quantized dtype")
-    return _scheme_of_match(m)
+    return scheme
 
 
 def parse_dtype(name: str) -> DType:
     """The dtype named ``name`` (as printed in IR text), or ValueError."""
     if name in PLAIN_DTYPES:
         return PLAIN_DTYPES[name]
-    m = _QUANT_RE.match(name)
-    if m and m.group(4) in PLAIN_DTYPES:
-        return _scheme_of_match(m).dtype
+    scheme = _scheme_of_name(name)
+    if scheme is not None:
+        return scheme.dtype
     known = ", ".join(PLAIN_DTYPES)
-    raise ValueError(f"unknown dtype {name!r} (known: {known}, or a quantized type like q4g128a_f16)")
+    raise ValueError(f"unknown dtype {name!r} (known: {known}, or a quantized type like q4g128a_f16 or f8e4m3c_f32)")
 
 
 _FROM_NUMPY = {d.np_dtype: d for d in PLAIN_DTYPES.values()}

@@ -14,7 +14,8 @@ Layout (the same bytes a backend kernel reads, so weights are packed once):
   offset in the scale dtype for ``zero="float"`` schemes (GGUF Q4_1).
 
 Dequantized value: ``(q - zero) * scale`` (``zero`` is 0 for symmetric schemes), or
-``q * scale + offset`` for ``zero="float"`` schemes.
+``q * scale + offset`` for ``zero="float"`` schemes. fp8 schemes (``codes="e4m3"``) store each value
+as the bits of an e4m3 number c (uint8 ``data``) and stand for ``c * scale``.
 """
 
 from __future__ import annotations
@@ -182,6 +183,8 @@ def quantize(x: np.ndarray, scheme: QuantScheme) -> QuantizedArray:
         raise ValueError("quantize got non-finite values")
     groups = _grouped(xs, scheme.group_size)  # [..., G, g]
     bits = scheme.bits
+    if scheme.codes == "e4m3":
+        return _quantize_e4m3(x.shape, groups, scheme)
     if scheme.symmetric:
         qmax = 2 ** (bits - 1) - 1
         scales = _round_scale_up(np.abs(groups).max(axis=-1) / qmax, scheme.scale_dtype)
@@ -213,9 +216,26 @@ def quantize(x: np.ndarray, scheme: QuantScheme) -> QuantizedArray:
     return QuantizedArray(np.ascontiguousarray(data), scales, zeros, x.shape, scheme)
 
 
+E4M3_MAX = 448.0  # the largest finite e4m3 (fn) value
+
+
+def _quantize_e4m3(shape: tuple[int, ...], groups: np.ndarray, scheme: QuantScheme) -> QuantizedArray:
+    """fp8: ``scale = absmax / 448`` per group (rounded up, so nothing clips), codes rounded to the
+    nearest e4m3 value (ties to even)."""
+    scales = _round_scale_up(np.abs(groups).max(axis=-1) / E4M3_MAX, scheme.scale_dtype)
+    s = scales.astype(np.float64)[..., None]
+    inv = np.divide(1.0, s, out=np.zeros_like(s), where=s > 0)
+    codes = np.clip(groups * inv, -E4M3_MAX, E4M3_MAX).astype(ml_dtypes.float8_e4m3fn)
+    data = codes.reshape(shape).view(np.uint8)
+    return QuantizedArray(np.ascontiguousarray(data), scales, None, shape, scheme)
+
+
 def quantized_values(q: QuantizedArray) -> np.ndarray:
-    """The integer codes of ``q`` minus their zero points, as int16 with the logical shape."""
+    """The integer codes of ``q`` minus their zero points, as int16 with the logical shape (the
+    e4m3 values as float64 for fp8 schemes)."""
     k = q.logical_shape[-1]
+    if q.scheme.codes == "e4m3":
+        return q.data.view(ml_dtypes.float8_e4m3fn).astype(np.float64)
     if q.scheme.bits == 4:
         codes = unpack_int4(q.data, k, signed=q.scheme.symmetric)
     else:

@@ -15,7 +15,8 @@ from qjc.ir.dtypes import parse_dtype
 from qjc.ir.graph import Node, Value
 from qjc.ir.ops.paged import pool_dims
 
-MIN_CHUNK = 32  # keys per slice at least (mirrors MIN_CHUNK in the template)
+MIN_CHUNK = 32  # keys per slice at least (mirrors MIN_CHUNK_BY_WARP in the template)
+MAX_SPLITS = 32  # the merge kernel reads one slice per lane
 
 
 def _pool_geometry(node: Node, pool: Value) -> dict:
@@ -76,7 +77,7 @@ def paged_attention_kernel(ctx: KernelContext, node: Node,
     max_blocks = table.type.shape[1]
     if not isinstance(max_blocks, int):
         raise BackendError(f"{node.label}: the block table needs a static width, got {table.type}")
-    max_splits = max(1, math.ceil(max_blocks * geo["block_size"] / MIN_CHUNK))
+    max_splits = max(1, min(MAX_SPLITS, math.ceil(max_blocks * geo["block_size"] / MIN_CHUNK)))
     scale = node.attrs["scale"] if node.attrs["scale"] is not None else 1.0 / math.sqrt(geo["d"])
     source = render(
         "paged_attention.cu.j2", nptr=len(params.values), nsym=ctx.nsym, t_ctype=ctype(q.type.dtype),

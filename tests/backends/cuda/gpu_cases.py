@@ -323,6 +323,8 @@ def linalg_cases() -> list[Case]:
         Case("linear_gemm", lambda m: op(m, "linear", m.x((3, 50, 64)), m.x((136, 64)), m.x((136,))), fn.linear),
         Case("linear_big", lambda m: op(m, "linear", m.x((300, 256)), m.x((320, 256))), fn.linear),
         Case("linear_k20", lambda m: op(m, "linear", m.x((12, 20)), m.x((24, 20))), fn.linear),
+        # 32 rows: the multi-row GEMV of batched decode (four chunks of 8 rows per warp)
+        Case("linear_gemv32", lambda m: op(m, "linear", m.x((2, 16, 96)), m.x((40, 96)), m.x((40,))), fn.linear),
         Case("linear_splitk", lambda m: op(m, "linear", m.x((1, 4096)), m.x((64, 4096))), fn.linear),
         Case("linear_tc_splitk", lambda m: op(m, "linear", m.x((64, 2048)), m.x((96, 2048)), m.x((96,))), fn.linear),
         Case("matmul_tc_splitk", lambda m: op(m, "matmul", m.x((2, 40, 1024)), m.x((2, 1024, 64))), torch.matmul),

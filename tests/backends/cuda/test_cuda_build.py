@@ -205,6 +205,7 @@ def test_paged_decoder_builds_with_the_native_loop(tmp_path):
     kv = manifest["llm"]["kv_cache"]
     assert kv["layout"] == "paged" and kv["block_size"] == 8 and kv["num_blocks"] == 3 * 8
     assert [s["name"] for s in manifest["signature"]["inputs"][:3]] == ["tokens", "positions", "block_table"]
+    assert manifest["kv_cache"]["dtype"] == "bf16"  # the pool as the engine holds it
     src = out / "cuda" / "src"
     kernels = "".join(p.read_text() for p in src.glob("kernels_*.cu"))
     assert "paged_kv_write" in kernels and "merge<<<" in kernels  # in-place cache write, split-K attention

@@ -239,3 +239,49 @@ def test_generate_text_and_decode_benchmark(smollm2, smollm2_fp32):
     assert isinstance(text, str) and text.strip()
     stats = smollm2_fp32.decode_benchmark(batch=2, context=64, steps=16, warmup=4)
     assert stats["us_per_step"] > 0 and stats["tokens_per_s"] > 0
+
+
+# ---- random weights (no download): the loop against transformers ---------------------------------------
+
+
+@pytest.fixture(scope="module")
+def random_llama(tmp_path_factory):
+    """A small Llama with GQA and peaked logits (weights N(0, 0.1)), so greedy tokens are stable."""
+    import qjc
+
+    torch.manual_seed(0)
+    cfg = transformers.LlamaConfig(hidden_size=256, intermediate_size=512, num_hidden_layers=3, num_attention_heads=8,
+                                   num_key_value_heads=2, head_dim=32, vocab_size=1000, max_position_embeddings=512)
+    model = transformers.LlamaForCausalLM(cfg).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.ndim >= 2:
+                p.normal_(0.0, 0.1)
+    root = tmp_path_factory.mktemp("random_llama")
+    model.save_pretrained(root / "model")
+    qjc.api.build(str(root / "model"), root / "fp32.qjc", target="cuda", archs=(_arch(),), dtype="fp32", max_seq=160,
+                  batch=4, kv_block_size=16)
+    return model, qjc.load(root / "fp32.qjc")
+
+
+def test_random_llama_greedy_and_batching_match_transformers(random_llama):
+    model, engine = random_llama
+    rng = np.random.default_rng()
+    prompts = [rng.integers(0, 1000, n).tolist() for n in (5, 37, 120, 1, 64, 9)]  # 6 requests, 4 slots
+    want = []
+    for p in prompts:
+        with torch.no_grad():
+            out = model.generate(torch.tensor([p]), max_new_tokens=24, do_sample=False, eos_token_id=None,
+                                 pad_token_id=0)
+        want.append(out[0, len(p):].tolist())
+    assert engine.generate(prompts, max_new_tokens=24, stop_ids=[]) == want
+    assert engine.generate(prompts[2], max_new_tokens=24, stop_ids=[]) == want[2]
+
+
+def test_qjc_bench_reports_prefill_decode_and_latency(random_llama, capsys):
+    from qjc.cli import main
+
+    _, engine = random_llama
+    assert main(["bench", str(engine.path), "-n", "8", "--warmup", "2", "--context", "16", "--batch", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "prefill" in out and "decode" in out and "p99" in out
