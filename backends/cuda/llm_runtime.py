@@ -102,8 +102,10 @@ class NativeGenerator:
                        sampling: Sampling = GREEDY, stop_ids: Sequence[int] | None = None,
                        on_token: Callable[[int], None] | None = None) -> list[list[int]]:
         """New tokens for each prompt; more prompts than slots queue and join as others finish."""
-        ids = [self.add(p, max_new_tokens, sampling, stop_ids) for p in prompts]
+        ids: list[int] = []
         try:
+            for p in prompts:  # a refused prompt releases the ones queued before it (finally below)
+                ids.append(self.add(p, max_new_tokens, sampling, stop_ids))
             if on_token is not None and len(ids) == 1:
                 seen = 0
                 while True:
