@@ -54,12 +54,13 @@ class CudaBackend(Backend):
         return (True, f"GPU {gpu}") if gpu else (False, "no NVIDIA GPU (nvidia-smi) on this machine")
 
     def capabilities(self, options: TargetOptions) -> Capabilities:
+        from qjc.backends.cuda.kernels.quant_weights import CUDA_QUANT_DTYPES
         from qjc.backends.cuda.plan import SUPPORTED_OPS
 
-        _own(options)
+        opts = _own(options)
         return Capabilities(
             ops=frozenset(SUPPORTED_OPS),
-            dtypes=frozenset(SUPPORTED_DTYPES),
+            dtypes=frozenset(SUPPORTED_DTYPES) | (frozenset(CUDA_QUANT_DTYPES) if opts.quant_kernels else frozenset()),
             fused_kinds=frozenset(FUSED_KINDS),
             max_fused_inputs=64,
             # decoders get a paged KV pool ([blocks, kv_heads, block_size, head_dim]) and the native loop

@@ -65,6 +65,10 @@ class CudaOptions(TargetOptions):
     # Fuse elementwise chains, reduction prologues/epilogues and GEMM epilogues inside the backend
     # (on top of whatever fused groups the graph already has).
     local_fusion: bool = True
+    # Keep int8 / int4 / fp8 linear weights quantized and dequantize them in the GEMV / CUDA-core
+    # GEMM (off: such weights are expanded to float at compile time). Off by default until the
+    # kernels have run on a GPU.
+    quant_kernels: bool = False
 
     def __post_init__(self) -> None:
         archs = self.archs or default_archs()

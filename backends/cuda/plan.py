@@ -27,6 +27,7 @@ from qjc.backends.cuda.kernels.elementwise import elementwise_kernel
 from qjc.backends.cuda.kernels.gemm import gemm_kernel
 from qjc.backends.cuda.kernels.paged import paged_attention_kernel, paged_kv_write_kernel
 from qjc.backends.cuda.kernels.pool import pool2d_kernel
+from qjc.backends.cuda.kernels.quant_weights import quant_parts
 from qjc.backends.cuda.kernels.row_reduce import NORMS, ROW_CORES, SOFTMAXES, row_reduce_kernel
 from qjc.backends.cuda.kernels.scan import cumsum_kernel
 from qjc.backends.cuda.prepare import Prepared
@@ -117,6 +118,9 @@ class Planner:
                 self.users.setdefault(id(v), []).append(node)
         self.output_ids = {id(v) for v in self.g.outputs}
         self.position = {id(n): i for i, n in enumerate(self.g.nodes)}
+        # quantized linear weights: their parts (codes, scales, zeros) become the device buffers
+        self.quant_parts = {id(c.value): quant_parts(c.value) for c in self.g.constants.values()
+                            if c.value.type.dtype.is_quant and c.value.type.rank == 2}
         self.forced: set[int] = set()  # values materialized after a failed generation
         self.no_merge: set[int] = set()  # kernel roots kept out of another kernel's epilogue
         self.attention_views()
@@ -129,9 +133,10 @@ class Planner:
             if node.op not in SUPPORTED_OPS:
                 why = "no CUDA lowering"
             else:
-                for v in node.inputs + node.outputs:
-                    if v.type.dtype.is_quant or v.type.dtype.name == "f8e4m3":
-                        why = f"dtype {v.type.dtype} is not supported yet"
+                for k, v in enumerate(node.inputs + node.outputs):
+                    weight_ok = node.op == "linear" and k == 1 and id(v) in self.quant_parts
+                    if (v.type.dtype.is_quant and not weight_ok) or v.type.dtype.name == "f8e4m3":
+                        why = f"dtype {v.type.dtype} is not supported here (quantized types only as linear weights)"
             if why:
                 bad.setdefault(node.op, []).append(f"{node.label} ({why})")
         if bad:
@@ -400,7 +405,7 @@ class Planner:
                 self.forced |= conflicts
                 continue
             plans = self.co_produce(plans, mat)
-            ctx = KernelContext(self.syms, self.ranges, lambda v, mat=mat: id(v) in mat)
+            ctx = KernelContext(self.syms, self.ranges, lambda v, mat=mat: id(v) in mat, self.quant_parts)
             try:
                 sources = []
                 for p in plans:
@@ -481,6 +486,13 @@ class Planner:
         weights = []
         for name, c in sorted(self.g.constants.items()):
             if id(c.value) in buf_of:
+                continue
+            parts = self.quant_parts.get(id(c.value))
+            if parts is not None:  # one weight buffer per stored part; the value maps to its codes
+                for part in parts.values():
+                    bid = add(part, "weight")
+                    weights.append((part.name, bid, part.type.dtype.name, part.type.dtype.name))
+                buf_of[id(c.value)] = buf_of[id(parts.data)]
                 continue
             bid = add(c.value, "weight")
             weights.append((name, bid, self.p.stored_dtypes.get(name, c.value.type.dtype.name),

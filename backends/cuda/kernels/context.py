@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 from qjc.backends.cuda.cexpr import SymbolTable, upper_bound
 from qjc.backends.cuda.exprgen import ExprGen, Params
@@ -19,6 +20,8 @@ class KernelContext:
     ranges: dict[str, tuple[int, int]]
     # whether a value has a buffer (else it is computed inline by the generator)
     materialized: Callable[[Value], bool]
+    # id(quantized weight value) -> its QuantParts (kernels/quant_weights.py)
+    quant_parts: dict[int, Any] = field(default_factory=dict)
 
     def index_type(self, *extents: Dim) -> str:
         """int when every extent fits in 32 bits over the symbols' ranges (fast division)."""

@@ -12,6 +12,7 @@ from qjc.backends.cuda.exprgen import IX, Index, Params
 from qjc.backends.cuda.kernels.base import KernelSource, Workspace, indent, render
 from qjc.backends.cuda.kernels.context import KernelContext
 from qjc.backends.cuda.kernels.epilogue import store_accumulator
+from qjc.backends.cuda.kernels.quant_weights import template_facts
 from qjc.ir.dims import Dim, contiguous_strides
 from qjc.ir.dtypes import f32
 from qjc.ir.graph import Node, Value
@@ -67,7 +68,15 @@ def gemm_kernel(ctx: KernelContext, core: Node, outputs: list[Value]) -> KernelS
     dtype = a_val.type.dtype
     params = Params()
     a_ptr = params.ptr(a_val)
-    b_ptr = params.ptr(b_val)
+    quant = None
+    if b_val.type.dtype.is_quant:  # codes + scales (+ zeros), dequantized in registers as they load
+        parts = ctx.quant_parts[id(b_val)]
+        b_ptr = params.ptr(parts.data)
+        quant = template_facts(parts, params)
+        quant.update(data_index=int(quant["data_ptr"][1:]), scales_index=int(quant["scales_ptr"][1:]),
+                     zeros_index=int(quant["zeros_ptr"][1:]) if parts.zeros is not None else -1)
+    else:
+        b_ptr = params.ptr(b_val)
     out_ptrs = [params.ptr(v, write=True) for v in outputs]
     del out_ptrs
     b_nk = core.op == "linear"
@@ -127,7 +136,7 @@ def gemm_kernel(ctx: KernelContext, core: Node, outputs: list[Value]) -> KernelS
     workspaces: list[Workspace] = []
     # GEMV only where M can be small; the CUDA-core GEMM only where the tensor cores may not apply
     gemv = b_nk and dtype.is_float and (not isinstance(m_dim, int) or m_dim <= 8)
-    tensor_cores = dtype.name in ("f16", "bf16")
+    tensor_cores = dtype.name in ("f16", "bf16") and quant is None  # quantized B: GEMV and CUDA cores
     static_aligned = all(isinstance(d, int) and d % 8 == 0 for d in (k_dim, a_batch_stride, b_batch_stride)) and \
         (b_nk or (isinstance(n_dim, int) and n_dim % 8 == 0))
     simt = not tensor_cores or not static_aligned
@@ -151,7 +160,7 @@ def gemm_kernel(ctx: KernelContext, core: Node, outputs: list[Value]) -> KernelS
         nptr=nptr, nsym=ctx.nsym, idx_t=ctx.index_type(product(o_shape), product(a_shape), product(b_shape)),
         ab_ctype=ctype(dtype), acc_t=acc_t, b_nk=b_nk, b_nk_cpp="true" if b_nk else "false",
         tensor_cores=tensor_cores, simt=simt, mma_type="bf16" if dtype.name == "bf16" else "f16",
-        gemv=gemv, gemv_vec=max(1, 16 // (2 if dtype.name in ("f16", "bf16") else 4)) if gemv else 1,
+        quant=quant, gemv=gemv, gemv_vec=max(1, 16 // (2 if dtype.name in ("f16", "bf16") else 4)) if gemv else 1,
         max_splits=max_splits, ws_index=ws_index, splitk_ws=splitk_ws, splitk_ws_index=splitk_ws_index,
         a_index=int(a_ptr[1:]), b_index=int(b_ptr[1:]),
         batch_code=batch_code, batch_aligned_host=batch_aligned,
