@@ -48,26 +48,14 @@ def cuda_time(fn, warmup: int = 10, iters: int = 50) -> float:
 
 def profile(title: str, fn, runs: int = 5, top: int = 12) -> None:
     """The kernels that take the most GPU time over ``runs`` calls, per call."""
-    from torch.profiler import ProfilerActivity
-    from torch.profiler import profile as torch_profile
+    from gpu_profile import kernel_times
 
     for _ in range(3):
         fn()
-    torch.cuda.synchronize()
-    with torch_profile(activities=[ProfilerActivity.CUDA]) as prof:
-        for _ in range(runs):
-            fn()
-        torch.cuda.synchronize()
-    totals: dict[str, list[float]] = {}
-    for event in prof.events():
-        if event.device_type == torch.autograd.DeviceType.CUDA:
-            entry = totals.setdefault(event.name, [0.0, 0])
-            entry[0] += event.device_time
-            entry[1] += 1
-    total = sum(t for t, _ in totals.values())
-    print(f"## {title}: {total / runs / 1e3:.3f} ms of kernels per call, {sum(n for _, n in totals.values()) // runs} "
-          "launches per call")
-    for name, (t, n) in sorted(totals.items(), key=lambda kv: -kv[1][0])[:top]:
+    rows = kernel_times(lambda: [fn() for _ in range(runs)])
+    print(f"## {title}: {sum(t for _, t, _ in rows) / runs / 1e3:.3f} ms of kernels per call, "
+          f"{sum(n for _, _, n in rows) // runs} launches per call")
+    for name, t, n in rows[:top]:
         print(f"   {t / runs / 1e3:8.3f} ms  {n // runs:4d}x  {name[:110]}")
 
 

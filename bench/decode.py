@@ -193,22 +193,12 @@ def decode_attention_backend(choice: str):
 
 def profile_kernels(title: str, fn, steps: int, top: int = 12) -> None:
     """The kernels that take the most GPU time in ``fn`` (``steps`` decode steps), per step."""
-    from torch.profiler import ProfilerActivity, profile
+    from gpu_profile import kernel_times
 
-    torch.cuda.synchronize()
-    with profile(activities=[ProfilerActivity.CUDA]) as prof:
-        fn()
-        torch.cuda.synchronize()
-    totals: dict[str, list[float]] = {}
-    for event in prof.events():
-        if event.device_type == torch.autograd.DeviceType.CUDA:
-            entry = totals.setdefault(event.name, [0.0, 0])
-            entry[0] += event.device_time
-            entry[1] += 1
-    busy = sum(t for t, _ in totals.values())
-    launches = sum(n for _, n in totals.values())
+    rows = kernel_times(fn)
+    busy, launches = sum(t for _, t, _ in rows), sum(n for _, _, n in rows)
     log(f"  profile {title}: {busy / steps:.1f} us of kernels per step, {launches / steps:.0f} kernels per step")
-    for name, (t, n) in sorted(totals.items(), key=lambda kv: -kv[1][0])[:top]:
+    for name, t, n in rows[:top]:
         print(f"      {t / steps:8.1f} us  {n / steps:5.1f}x  {name[:100]}", flush=True)
 
 

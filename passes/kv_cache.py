@@ -94,7 +94,8 @@ class _Rewriter:
         pairs = self.attention_pairs()
         if not pairs:
             return 0
-        input_pos = self.shared_positions(pairs)
+        layers = self.by_sdpa(pairs)
+        input_pos = self.shared_positions(pairs, layers)
         batch = pairs[0][1].inputs[0].type.shape[0]
         cache_t = pairs[0][1].inputs[0].type
         max_seq = cache_t.shape[2]
@@ -108,7 +109,6 @@ class _Rewriter:
         table = self.g.add_input("block_table", TensorType((batch, self.max_blocks), parse_dtype("i32")))
         self.replace_position_uses(input_pos, positions, pairs)
         renamed: dict[str, Value] = {}
-        layers = self.by_sdpa(pairs)
         for sdpa, k_write, v_write in layers:
             k_pool = self.pool_for(k_write, renamed)
             v_pool = self.pool_for(v_write, renamed)
@@ -161,14 +161,14 @@ class _Rewriter:
             out.append((sdpa, slots[1], slots[2]))
         return out
 
-    def shared_positions(self, pairs: list[tuple[Node, Node]]) -> Value:
+    def shared_positions(self, pairs: list[tuple[Node, Node]], layers: list[tuple[Node, Node, Node]]) -> Value:
         positions = {id(w.inputs[1]): w.inputs[1] for _, w in pairs}
         if len(positions) != 1:
             raise self.fail("the cache writes use different position inputs")
         pos = next(iter(positions.values()))
         if pos not in self.g.inputs or pos.type.rank != 1:
             raise self.fail(f"cache positions %{pos.name} must be a graph input of shape [seq]")
-        for sdpa, _, _ in self.by_sdpa(pairs):
+        for sdpa, _, _ in layers:
             self.check_mask(sdpa, pos)
         return pos
 

@@ -118,8 +118,8 @@ class CudaBackend(Backend):
             "steps": len(program.steps),
             "kernel_kinds": program.kernel_kinds(),
             "cuda_graphs": opts.cuda_graphs,
-            # graph state (a KV pool) stays on the device in this dtype
-            "state_dtype": opts.compute_dtype or "as in the graph",
+            # graph state (a KV pool) stays on the device in this dtype (null: the graph's own)
+            "state_dtype": opts.compute_dtype,
             "nvcc": builder.version,
             "notes": program.notes,
         }

@@ -38,7 +38,8 @@ def _single_symbol(d: SymExpr) -> str | None:
     return None
 
 
-def host_engine_source(program: Program, archs: tuple[str, ...], cuda_graphs: bool) -> str:
+def host_engine_source(program: Program, archs: tuple[str, ...], cuda_graphs: bool, llm: dict | None = None) -> str:
+    """The host engine; ``llm`` (llm_loop_facts) adds the generation loop."""
     syms = program.syms
     g = program.graph
     bind_checks: list[str] = []
@@ -80,7 +81,7 @@ def host_engine_source(program: Program, archs: tuple[str, ...], cuda_graphs: bo
         "host_engine.cpp.j2", graph_name=_c_string(g.name), nsym=len(syms), symbols=symbols,
         archs=list(archs), cuda_graphs=cuda_graphs, buffers=buffers, weights=weights, inputs=inputs,
         outputs=outputs, steps=steps, kernels=sorted(program.kernels), bind_checks=bind_checks,
-        compound_checks=compound, llm=llm_loop_facts(program),
+        compound_checks=compound, llm=llm,
     )
 
 
@@ -141,8 +142,9 @@ def generate_sources(program: Program, archs: tuple[str, ...], cuda_graphs: bool
     for k, names in enumerate(_group_kernels(sorted(program.kernels), program, jobs)):
         code = "\n".join(program.kernels[n].code for n in names)
         units.append(Unit(f"kernels_{k:02d}.cu", code))
-    if llm_loop_facts(program) is not None:
+    llm = llm_loop_facts(program)
+    if llm is not None:
         units.append(Unit("sampling.cu", render("sampling.cu.j2")))
-    units.append(Unit("host_engine.cpp", host_engine_source(program, archs, cuda_graphs)))
+    units.append(Unit("host_engine.cpp", host_engine_source(program, archs, cuda_graphs, llm)))
     headers = {"qjc_common.cuh": render("common.cuh.j2"), "qjc_engine.h": HEADER_FILE.read_text(encoding="utf-8")}
     return Sources(units, headers)

@@ -151,6 +151,11 @@ class NativeGenerator:
         return self.generate_batch([prompt], max_new_tokens, sampling, stop_ids, on_token)[0]
 
     # ---- timing --------------------------------------------------------------------------------
+    def _prefill(self, requests: Sequence[int]) -> None:
+        """Step until every request has its prompt in the cache and its first token."""
+        while any(not self.tokens(r)[0] for r in requests):
+            self.step(1)
+
     def decode_benchmark(self, batch: int | None = None, context: int = 512, steps: int = 128,
                          warmup: int = 16, seed: int = 0) -> dict[str, float]:
         """Greedy decode of ``batch`` sequences with ``context`` tokens already in the cache: wall
@@ -164,8 +169,7 @@ class NativeGenerator:
         ids = [self.add(p, total, Sampling(), stop_ids=[]) for p in prompts]
         try:
             start = time.perf_counter()
-            while any(len(self.tokens(r)[0]) == 0 for r in ids):  # prefill, in chunks, and the first token
-                self.step(1)
+            self._prefill(ids)
             prefill = time.perf_counter() - start
             self.step(warmup)
             start = time.perf_counter()
@@ -187,8 +191,7 @@ class NativeGenerator:
         rid = self.add(rng.integers(0, self.vocab, max(1, context)).tolist(), steps + 1, GREEDY, stop_ids=[])
         out = []
         try:
-            while not self.tokens(rid)[0]:
-                self.step(1)
+            self._prefill([rid])
             for _ in range(steps):
                 start = time.perf_counter()
                 self.step(1)

@@ -136,11 +136,18 @@ class Planner:
                 for k, v in enumerate(node.inputs + node.outputs):
                     weight_ok = node.op == "linear" and k == 1 and id(v) in self.quant_parts
                     if (v.type.dtype.is_quant and not weight_ok) or v.type.dtype.name == "f8e4m3":
-                        why = f"dtype {v.type.dtype} is not supported here (quantized types only as linear weights)"
+                        why = f"dtype {v.type.dtype} is not supported here (quantized only as linear weights)"
+                if node.op in IN_PLACE_OPS and not self._updatable(node.inputs[0], node):
+                    why = f"it writes %{node.inputs[0].name} in place, which something else also reads"
             if why:
                 bad.setdefault(node.op, []).append(f"{node.label} ({why})")
         if bad:
             raise UnsupportedOpsError(f"target cuda (graph {self.g.name})", bad)
+
+    def _updatable(self, v: Value, writer: Node) -> bool:
+        """Whether ``writer`` may overwrite ``v``'s buffer: nothing else reads ``v``."""
+        users = self.users.get(id(v), [])
+        return len(users) == 1 and users[0] is writer and id(v) not in self.output_ids
 
     # ---- attention through views -----------------------------------------------------------------
     def attention_views(self) -> None:

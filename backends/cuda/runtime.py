@@ -103,7 +103,7 @@ class CudaEngine(Engine):
         self._in_specs = [parse_dtype(s.dtype) for s in self.signature.inputs]
         # state (a KV pool) lives on the device in the compute dtype; host arrays are converted
         state = set(artifact.manifest.get("state") or [])
-        state_dtype = (artifact.backend_entries.get("state_dtype") or "").replace("as in the graph", "")
+        state_dtype = artifact.backend_entries.get("state_dtype")
         self._state_inputs = {k for k, s in enumerate(self.signature.inputs) if s.name in state}
         self._state_np = parse_dtype(state_dtype).np_dtype if state_dtype else None
         self._native = bind_llm(self._lib)
@@ -174,7 +174,7 @@ class CudaEngine(Engine):
         arrays = [np.ascontiguousarray(a) for a in inputs]
         shapes = [tuple(int(d) for d in a.shape) for a in arrays]
         first_state = len(self._out_specs) - len(self._state_inputs)
-        convert = self._state_np is not None
+        convert = bool(self._state_inputs) and self._state_np is not None
         if convert:
             arrays = [a.astype(self._state_np) if k in self._state_inputs else a for k, a in enumerate(arrays)]
         outs = [np.empty(shape, dtype=self._state_np if convert and k >= first_state else spec.np_dtype)

@@ -15,7 +15,7 @@ from qjc.ir.dtypes import parse_dtype
 from qjc.ir.graph import Node, Value
 from qjc.ir.ops.paged import pool_dims
 
-MIN_CHUNK = 32  # keys per slice at least (mirrors MIN_CHUNK_BY_WARP in the template)
+MIN_CHUNK = 128  # keys per slice at least (mirrors MIN_CHUNK in the template)
 MAX_SPLITS = 32  # the merge kernel reads one slice per lane
 
 

@@ -216,3 +216,25 @@ def test_paged_decoder_builds_with_the_native_loop(tmp_path):
     symbols = subprocess.run(["nm", "-D", str(out / "cuda" / "libqjc_engine.so")], capture_output=True, text=True)
     if symbols.returncode == 0:
         assert "qjc_llm_step" in symbols.stdout
+
+
+@needs_nvcc
+def test_in_place_cache_write_refuses_a_pool_read_elsewhere(tmp_path):
+    """paged_kv_write updates its pool's buffer in place: a graph that also reads the old pool is
+    refused by name instead of computing from overwritten data."""
+    import qjc
+    from qjc.errors import UnsupportedOpsError
+    from qjc.ir import Graph
+    from qjc.ir.types import parse_type
+
+    g = Graph("reuse")
+    pool = g.add_input("pool", parse_type("f32[4,2,8,16]"))
+    table = g.add_input("table", parse_type("i32[1,4]"))
+    pos = g.add_input("pos", parse_type("i64[1,1]"))
+    new = g.add_input("new", parse_type("f32[1,2,1,16]"))
+    q = g.add_input("q", parse_type("f32[1,2,1,16]"))
+    written = g.op("paged_kv_write", pool, table, pos, new)
+    old = g.op("paged_attention", q, pool, pool, table, pos)  # reads the pool as it was
+    g.set_outputs(written, old)
+    with pytest.raises(UnsupportedOpsError, match="writes %pool in place"):
+        qjc.api.build(g, tmp_path / "reuse.qjc", target="cuda", archs=("sm_90a",))

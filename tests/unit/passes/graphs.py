@@ -215,3 +215,16 @@ def run_in_arena(graph: Graph, plan: MemoryPlan, inputs: list[np.ndarray]) -> li
             else:
                 outside[id(v)] = r
     return [read(v) for v in graph.outputs]
+
+
+def mlp(rng: np.random.Generator, rows: int) -> Graph:
+    """x [rows, 64] -> linear 96 -> relu -> linear 16 (weights fc1.weight, head.weight): the
+    quantization tests' model."""
+    from qjc.ir import TensorType, f32
+
+    g = Graph()
+    x = g.add_input("x", TensorType((rows, 64), f32))
+    w1 = g.add_constant("fc1.weight", rng.standard_normal((96, 64)).astype(np.float32) * 0.2)
+    w2 = g.add_constant("head.weight", rng.standard_normal((16, 96)).astype(np.float32) * 0.2)
+    g.set_outputs(g.op("linear", g.op("relu", g.op("linear", x, w1)), w2))
+    return g

@@ -6,9 +6,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from graphs import mlp
 
 from qjc.backends.base import Capabilities
-from qjc.ir import Graph, TensorType, f32
+from qjc.ir import f32
 from qjc.ir.dtypes import QuantScheme, parse_dtype, quant_scheme_of
 from qjc.ir.interpreter import run
 from qjc.ir.quant import E4M3_MAX, QuantizedArray, dequantize, quantize
@@ -47,18 +48,9 @@ def test_codes_match_torch_float8_and_error_is_bounded(group):
     assert np.abs(x / scales).max() <= E4M3_MAX * (1 + 1e-6)  # nothing clips
 
 
-def _mlp(rng) -> Graph:
-    g = Graph()
-    x = g.add_input("x", TensorType((6, 64), f32))
-    w1 = g.add_constant("fc1.weight", rng.standard_normal((96, 64)).astype(np.float32) * 0.2)
-    w2 = g.add_constant("head.weight", rng.standard_normal((16, 96)).astype(np.float32) * 0.2)
-    g.set_outputs(g.op("linear", g.op("relu", g.op("linear", x, w1)), w2))
-    return g
-
-
 def test_fp8_mode_quantizes_weights_and_activations_close_to_float():
     rng = np.random.default_rng()
-    g = _mlp(rng)
+    g = mlp(rng, 6)
     x = rng.standard_normal((6, 64)).astype(np.float32)
     (want,) = run(g, [x])
     quantize_weights(g, scheme_for("fp8"))
@@ -77,7 +69,7 @@ def test_fp8_mode_quantizes_weights_and_activations_close_to_float():
 
 def test_targets_without_fp8_keep_float_activations_and_dequantize_weights():
     rng = np.random.default_rng()
-    g = _mlp(rng)
+    g = mlp(rng, 6)
     quantize_weights(g, scheme_for("fp8"))
     x = rng.standard_normal((6, 64)).astype(np.float32)
     (weights_only,) = run(g, [x])

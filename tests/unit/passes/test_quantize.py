@@ -8,10 +8,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from graphs import mlp
 
 from qjc.errors import QJCError
 from qjc.evaluation import calibration_text, eval_text, graph_chunk_runner, perplexity
-from qjc.ir import Graph, TensorType, f32
 from qjc.ir.interpreter import run
 from qjc.ir.quant import QuantizedArray
 from qjc.ir.verifier import verify
@@ -19,19 +19,10 @@ from qjc.passes.quantize import quantize_weights, scheme_for
 from qjc.passes.quantize.awq import best_scales, calibrate
 
 
-def _mlp(rng) -> Graph:
-    g = Graph()
-    x = g.add_input("x", TensorType((8, 64), f32))
-    w1 = g.add_constant("fc1.weight", rng.standard_normal((96, 64)).astype(np.float32) * 0.2)
-    w2 = g.add_constant("head.weight", rng.standard_normal((16, 96)).astype(np.float32) * 0.2)
-    g.set_outputs(g.op("linear", g.op("relu", g.op("linear", x, w1)), w2))
-    return g
-
-
 @pytest.mark.parametrize("mode,group", [("int8", 0), ("int4", 32), ("int4", 64)])
 def test_weights_become_quantized_and_stay_close(mode, group):
     rng = np.random.default_rng(0)
-    g = _mlp(rng)
+    g = mlp(rng, 8)
     x = rng.standard_normal((8, 64)).astype(np.float32)
     (want,) = run(g, [x])
     scheme = scheme_for(mode, group or 128)
@@ -68,7 +59,7 @@ def test_awq_rewrite_on_a_graph():
     """Calibrated scales insert x / s before each scaled linear; on inputs with outlier channels
     the whole network's error is no worse than round-to-nearest's."""
     rng = np.random.default_rng(2)
-    g = _mlp(rng)
+    g = mlp(rng, 8)
     x = rng.standard_normal((8, 64)).astype(np.float32)
     x[:, :3] *= 20
     scheme = scheme_for("int4", 32)
@@ -139,7 +130,7 @@ def test_targets_without_quantized_kernels_get_f32_weights():
     from qjc.passes.quantize.legalize import DequantizeUnsupportedWeights
 
     rng = np.random.default_rng(5)
-    g = _mlp(rng)
+    g = mlp(rng, 8)
     quantize_weights(g, scheme_for("int4", 32))
     x = rng.standard_normal((8, 64)).astype(np.float32)
     (want,) = run(g, [x])
@@ -151,7 +142,7 @@ def test_targets_without_quantized_kernels_get_f32_weights():
     assert any("2 weights dequantized to f32" in line for line in ctx.log)
     np.testing.assert_allclose(run(g, [x])[0], want, rtol=1e-5, atol=1e-6)
     keeps = PassContext(capabilities=Capabilities(ops=frozenset({"linear"}), dtypes=frozenset({"f32", "q4*"})))
-    h = _mlp(rng)
+    h = mlp(rng, 8)
     quantize_weights(h, scheme_for("int4", 32))
     DequantizeUnsupportedWeights().run(h, keeps)
     assert any(isinstance(c.data, QuantizedArray) for c in h.constants.values())
