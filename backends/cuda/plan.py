@@ -63,6 +63,7 @@ class KernelPlan:
     extra_outputs: list[Value] = field(default_factory=list)  # more epilogue results stored
     inline: set[int] = field(default_factory=set)  # ids of values computed inside
     reads: set[int] = field(default_factory=set)  # ids of materialized values it loads
+    partners: list[Node] = field(default_factory=list)  # more nodes of the core's op done by the same kernel
 
 
 @dataclass
@@ -355,7 +356,28 @@ class Planner:
             plan.inline |= src.inline
             removed.add(id(src.root))
         plans = [p for p in plans if id(p.root) not in removed]
-        return self.merge_epilogues(plans)
+        return self.pair_cache_writes(self.merge_epilogues(plans))
+
+    def pair_cache_writes(self, plans: list[KernelPlan]) -> list[KernelPlan]:
+        """A layer's K and V cache writes (same block table, positions and pool type) as one kernel:
+        one launch instead of two on every decode step."""
+        first: dict[tuple, KernelPlan] = {}
+        removed: set[int] = set()
+        for plan in plans:
+            core = plan.core
+            if core is None or core.op != "paged_kv_write":
+                continue
+            pool, table, positions, new = core.inputs
+            key = (id(table), id(positions), core.attrs["layout"], str(pool.type), str(new.type))
+            host = first.pop(key, None)
+            if host is None:
+                first[key] = plan
+                continue
+            host.partners.append(core)
+            host.inline |= plan.inline
+            host.reads |= plan.reads
+            removed.add(id(plan.root))
+        return [p for p in plans if id(p.root) not in removed]
 
     def merge_epilogues(self, plans: list[KernelPlan]) -> list[KernelPlan]:
         """A pure elementwise kernel that reads the stored result of a GEMM / conv / norm kernel,
@@ -398,7 +420,7 @@ class Planner:
         if core.op == "paged_attention":
             return paged_attention_kernel(ctx, core, self.out_views.get(id(core)))
         if core.op == "paged_kv_write":
-            return paged_kv_write_kernel(ctx, core)
+            return paged_kv_write_kernel(ctx, [core, *plan.partners])
         if core.op in STANDALONE:
             return STANDALONE[core.op](ctx, core)
         raise BackendError(f"no CUDA kernel for {core.label}")
@@ -524,7 +546,8 @@ class Planner:
                 if b.kind == "temp" and b.first == 0 and b.last == 0:
                     b.first = i
             for ws in src.workspaces:
-                b = Buffer(len(buffers), f"workspace{i}", ws.dtype.name, (ws.numel,), "workspace", i, i)
+                kind = "state" if ws.persistent else "workspace"  # state: zeroed once, outside the arena
+                b = Buffer(len(buffers), f"workspace{i}", ws.dtype.name, (ws.numel,), kind, i, i)
                 buffers.append(b)
                 operands.append(b.id)
             for bid in operands:

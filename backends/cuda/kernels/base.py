@@ -18,10 +18,13 @@ NAME_PLACEHOLDER = "QJC_KNAME"
 
 @dataclass
 class Workspace:
-    """A scratch buffer a step needs beside its operands (split-K partial sums, a permuted copy)."""
+    """A scratch buffer a step needs beside its operands (split-K partial sums, a permuted copy).
+    ``persistent``: the engine keeps it zeroed at creation and never shares it (counters a kernel
+    resets itself, like the arrival tickets of a last-CTA reduction); its size must be static."""
 
     dtype: DType
     numel: Dim
+    persistent: bool = False
 
 
 @dataclass

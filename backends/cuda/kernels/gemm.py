@@ -14,10 +14,14 @@ from qjc.backends.cuda.kernels.context import KernelContext
 from qjc.backends.cuda.kernels.epilogue import store_accumulator
 from qjc.backends.cuda.kernels.quant_weights import template_facts
 from qjc.ir.dims import Dim, contiguous_strides
-from qjc.ir.dtypes import f32
+from qjc.ir.dtypes import f32, i32
 from qjc.ir.graph import Node, Value
 
 GEMV_MAX_SPLITS = 16
+GEMV_MAX_M = 8  # rows the plain GEMV keeps in registers
+GEMV_Q_MAX_M = 32  # rows the quantized GEMV takes (8 per grid.z block)
+GEMV_Q_UNROLL = (2, 2)  # 16-byte code loads per column each gemv_q lane keeps in flight: one row, up to 8 rows
+GEMV_Q_COLS = 4  # columns per warp for one row: the converted activations serve all of them
 GEMV_SPLIT_MAX_N = 8192  # wider outputs fill the GPU without splitting K
 SPLITK_WORKSPACE_FLOATS = 1 << 21  # 8 MB of f32 partial sums; every GEMM step shares the bytes
 
@@ -134,19 +138,27 @@ def gemm_kernel(ctx: KernelContext, core: Node, outputs: list[Value]) -> KernelS
 
     pair = _pair_epilogue(ctx, params, outputs, out, bias, folded, o_shape, batch_dims)
     workspaces: list[Workspace] = []
-    # GEMV only where M can be small; the CUDA-core GEMM only where the tensor cores may not apply
-    gemv = b_nk and dtype.is_float and (not isinstance(m_dim, int) or m_dim <= 8)
+    # GEMV only where M can be small; the CUDA-core GEMM only where the tensor cores may not apply.
+    # Quantized B whose codes split into whole 16-byte chunks also gets gemv_q, for up to 32 rows.
+    gemv_q = quant is not None and quant["loads_16_bytes"] and dtype.name in ("f32", "f16", "bf16")
+    gemv_rows = GEMV_Q_MAX_M if gemv_q else GEMV_MAX_M
+    gemv = b_nk and dtype.is_float and (not isinstance(m_dim, int) or m_dim <= gemv_rows)
+    gemv_q = gemv_q and gemv
     tensor_cores = dtype.name in ("f16", "bf16") and quant is None  # quantized B: GEMV and CUDA cores
     static_aligned = all(isinstance(d, int) and d % 8 == 0 for d in (k_dim, a_batch_stride, b_batch_stride)) and \
         (b_nk or (isinstance(n_dim, int) and n_dim % 8 == 0))
     simt = not tensor_cores or not static_aligned
     n_static = n_dim if isinstance(n_dim, int) else None
     max_splits = GEMV_MAX_SPLITS if gemv and n_static is not None and n_static <= GEMV_SPLIT_MAX_N else 1
-    ws_index = 0
+    ws_index = tickets_index = 0
     if gemv and max_splits > 1:
-        workspaces.append(Workspace(f32, max_splits * 8 * n_static))
+        # partial sums of the K splits, and the arrival tickets of the last-block epilogue (one per
+        # column block and 8-row chunk; zeroed once, the last block rearms its own)
+        workspaces.append(Workspace(f32, max_splits * gemv_rows * n_static))
+        workspaces.append(Workspace(i32, -(-n_static // 8) * -(-gemv_rows // 8), persistent=True))
     if workspaces:
         ws_index = len(params.values)
+        tickets_index = ws_index + 1
     # split-K partial sums of the tensor-core GEMM (small problems only: a fixed-size scratch)
     splitk_ws, splitk_ws_index = 0, 0
     if tensor_cores:
@@ -161,7 +173,8 @@ def gemm_kernel(ctx: KernelContext, core: Node, outputs: list[Value]) -> KernelS
         ab_ctype=ctype(dtype), acc_t=acc_t, b_nk=b_nk, b_nk_cpp="true" if b_nk else "false",
         tensor_cores=tensor_cores, simt=simt, mma_type="bf16" if dtype.name == "bf16" else "f16",
         quant=quant, gemv=gemv, gemv_vec=max(1, 16 // (2 if dtype.name in ("f16", "bf16") else 4)) if gemv else 1,
-        max_splits=max_splits, ws_index=ws_index, splitk_ws=splitk_ws, splitk_ws_index=splitk_ws_index,
+        gemv_q=gemv_q, gemv_q_max_m=GEMV_Q_MAX_M, gemv_q_unroll=GEMV_Q_UNROLL, gemv_q_cols=GEMV_Q_COLS,
+        max_splits=max_splits, ws_index=ws_index, tickets_index=tickets_index, splitk_ws=splitk_ws, splitk_ws_index=splitk_ws_index,
         a_index=int(a_ptr[1:]), b_index=int(b_ptr[1:]),
         batch_code=batch_code, batch_aligned_host=batch_aligned,
         epi_decls=indent(params.declarations(), 2), epi_pre=indent(gen.pre, 2), epi_body=indent(gen.body, 2),

@@ -15,8 +15,25 @@ from qjc.ir.dtypes import parse_dtype
 from qjc.ir.graph import Node, Value
 from qjc.ir.ops.paged import pool_dims
 
-MIN_CHUNK = 128  # keys per slice at least (mirrors MIN_CHUNK in the template)
-MAX_SPLITS = 32  # the merge kernel reads one slice per lane
+MIN_CHUNK = 32  # keys per slice at least: two rounds of a CTA's key groups at head dim 64
+MAX_SPLITS = 32
+MAX_TICKETS = 1024  # (row, kv head) pairs that may split: more CTAs than that fill the GPU unsplit
+PART_SLOTS = 2048  # CTAs x kv heads whose partials fit the workspace (the launcher splits no further)
+
+
+def lane_layout(d: int, itemsize: int) -> tuple[int, int, int]:
+    """(VE, LPK, NV): a key's row of ``d`` elements spread over LPK lanes (a power of two <= 32), each
+    reading NV vectors of VE elements; the widest vector (16 bytes down to one element) that divides d."""
+    for vec_bytes in (16, 8, 4, itemsize):
+        ve = max(1, vec_bytes // itemsize)
+        if d % ve:
+            continue
+        chunks = d // ve
+        lpk = 1
+        while lpk < 32 and chunks % (lpk * 2) == 0:
+            lpk *= 2
+        return ve, lpk, chunks // lpk
+    raise AssertionError("unreachable: one-element vectors divide every d")
 
 
 def _pool_geometry(node: Node, pool: Value) -> dict:
@@ -41,22 +58,22 @@ def element_function(ctx: KernelContext, params: Params, v: Value) -> dict[str, 
     return {"body": "\n".join("    " + line for line in gen.pre + gen.body), "result": var}
 
 
-def paged_kv_write_kernel(ctx: KernelContext, node: Node) -> KernelSource:
-    """The output value shares the pool input's buffer (the planner aliases them): written in place."""
-    pool, table, positions, new = node.inputs
-    out = node.outputs[0]
-    geo = _pool_geometry(node, pool)
+def paged_kv_write_kernel(ctx: KernelContext, nodes: list[Node]) -> KernelSource:
+    """One kernel for cache writes that share the block table, positions and pool type (a layer's K
+    and V). Each output value shares its pool input's buffer (the planner aliases them): written in place."""
+    _, table, positions, _ = nodes[0].inputs
+    geo = _pool_geometry(nodes[0], nodes[0].inputs[0])
     params = Params()
-    pool_ptr = params.ptr(out, write=True)
+    pool_ptrs = [params.ptr(n.outputs[0], write=True) for n in nodes]
     table_ptr, pos_ptr = params.ptr(table), params.ptr(positions)
-    new_at = element_function(ctx, params, new)
+    new_at = [element_function(ctx, params, n.inputs[3]) for n in nodes]
     source = render(
-        "paged_kv_write.cu.j2", nptr=len(params.values), nsym=ctx.nsym, t_ctype=ctype(pool.type.dtype),
-        pos_ctype=ctype(positions.type.dtype), pool_index=int(pool_ptr[1:]), table_index=int(table_ptr[1:]),
-        pos_index=int(pos_ptr[1:]), b_host=ctx.host_dim(positions.type.shape[0]),
+        "paged_kv_write.cu.j2", nptr=len(params.values), nsym=ctx.nsym, t_ctype=ctype(nodes[0].inputs[0].type.dtype),
+        pos_ctype=ctype(positions.type.dtype), pool_indices=[int(p[1:]) for p in pool_ptrs],
+        table_index=int(table_ptr[1:]), pos_index=int(pos_ptr[1:]), b_host=ctx.host_dim(positions.type.shape[0]),
         s_host=ctx.host_dim(positions.type.shape[1]), max_blocks=ctx.host_dim(table.type.shape[1]),
         decls="\n".join("    " + d for d in params.declarations()), new_at=new_at, **geo)
-    return KernelSource("paged_kv_write", source, list(params.values), [out])
+    return KernelSource("paged_kv_write", source, list(params.values), [n.outputs[0] for n in nodes])
 
 
 def paged_attention_kernel(ctx: KernelContext, node: Node,
@@ -79,15 +96,18 @@ def paged_attention_kernel(ctx: KernelContext, node: Node,
         raise BackendError(f"{node.label}: the block table needs a static width, got {table.type}")
     max_splits = max(1, min(MAX_SPLITS, math.ceil(max_blocks * geo["block_size"] / MIN_CHUNK)))
     scale = node.attrs["scale"] if node.attrs["scale"] is not None else 1.0 / math.sqrt(geo["d"])
+    ve, lpk, nv = lane_layout(geo["d"], q.type.dtype.itemsize)
     source = render(
         "paged_attention.cu.j2", nptr=len(params.values), nsym=ctx.nsym, t_ctype=ctype(q.type.dtype),
-        pos_ctype=ctype(positions.type.dtype), group=group, q_at=q_at,
+        pos_ctype=ctype(positions.type.dtype), group=group, q_at=q_at, ve=ve, lpk=lpk, nv=nv,
+        min_chunk=MIN_CHUNK, max_tickets=MAX_TICKETS, part_slots=PART_SLOTS,
         decls="\n".join("    " + d for d in params.declarations()), k_index=int(k_ptr[1:]),
         v_index=int(v_ptr[1:]), table_index=int(table_ptr[1:]), pos_index=int(pos_ptr[1:]),
         o_index=int(o_ptr[1:]), b_host=ctx.host_dim(q.type.shape[0]), s_host=ctx.host_dim(q.type.shape[2]),
         max_blocks=max_blocks, max_splits=max_splits, scale=f"{float(scale)!r}f",
         o_strides=[f"(idx_t){ctx.host_dim(d)}" for d in o_strides[:3]], **geo)
-    # partials of the key slices: [rows, Hq, splits, (max, sum, accumulator[D])] in f32
-    rows = q.type.shape[0] * q.type.shape[2]
-    workspace = Workspace(parse_dtype("f32"), rows * hq * max_splits * (geo["d"] + 2))
-    return KernelSource("paged_attention", source, list(params.values), [target], [workspace])
+    # partials of the key slices, [rows, Hq, splits, (max, sum, accumulator[D])] in f32, and the arrival
+    # counters of the last-CTA merge (zeroed once; the merging CTA rearms its own)
+    partials = Workspace(parse_dtype("f32"), PART_SLOTS * group * (geo["d"] + 2))
+    tickets = Workspace(parse_dtype("i32"), MAX_TICKETS, persistent=True)
+    return KernelSource("paged_attention", source, list(params.values), [target], [partials, tickets])

@@ -1,6 +1,7 @@
 """Quantized linear weights on the cuda target: the parts of a QuantizedArray constant (packed codes,
-scales, zero points / offsets) as separate device buffers, and the device code that dequantizes a
-weight element in registers (templates/gemm.cu.j2 reads it through ``wq_load``)."""
+scales, zero points / offsets) as separate device buffers, and the facts the device code that
+dequantizes them in registers needs (templates/gemm.cu.j2: ``wq_load`` per element, ``gemv_q`` 16 code
+bytes at a time)."""
 
 from __future__ import annotations
 
@@ -23,6 +24,7 @@ class QuantParts:
     data: Value  # u8 [N, packed K]
     scales: Value  # [N, groups] in the scale dtype
     zeros: Value | None  # [N, groups]: u8 zero points or offsets in the scale dtype
+    k: int  # the logical K (the packed length rounds it up for odd 4-bit rows)
 
     def values(self) -> list[Value]:
         return [self.data, self.scales] + ([self.zeros] if self.zeros is not None else [])
@@ -39,11 +41,24 @@ def quant_parts(weight: Value) -> QuantParts:
     if not scheme.symmetric:
         zero_dtype = parse_dtype("u8") if scheme.zero == "int" else scheme.scale_dtype
         zeros = Value(f"{weight.name}::zeros", TensorType((n, groups), zero_dtype))
-    return QuantParts(scheme, data, scales, zeros)
+    return QuantParts(scheme, data, scales, zeros, k)
+
+
+def codes_per_16_bytes(scheme: QuantScheme) -> int:
+    return 32 if scheme.bits == 4 else 16
+
+
+def loads_16_bytes(parts: QuantParts) -> bool:
+    """Whether every 16 bytes of a row's codes are whole elements of one scale group, with each row
+    starting 16-byte aligned: what gemv_q needs to read codes as uint4 and scale a chunk at once."""
+    epl = codes_per_16_bytes(parts.scheme)
+    group = parts.scheme.group_size
+    k_packed = int(parts.data.type.shape[1])
+    return parts.k % epl == 0 and k_packed % 16 == 0 and (group == 0 or group % epl == 0)
 
 
 def template_facts(parts: QuantParts, params) -> dict:
-    """What gemm.cu.j2's ``wq_load`` needs: pointers, scheme and kind of codes."""
+    """What gemm.cu.j2's ``wq_load`` and ``gemv_q`` need: pointers, scheme and kind of codes."""
     from qjc.backends.cuda.cexpr import ctype
 
     s = parts.scheme
@@ -56,4 +71,5 @@ def template_facts(parts: QuantParts, params) -> dict:
         "scale_ctype": ctype(s.scale_dtype),
         "zero_ctype": ctype(parts.zeros.type.dtype) if parts.zeros is not None else "uint8_t",
         "k_packed": k_packed, "groups": int(parts.scales.type.shape[1]),
+        "epl": codes_per_16_bytes(s), "loads_16_bytes": loads_16_bytes(parts),
     }

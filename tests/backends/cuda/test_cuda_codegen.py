@@ -95,8 +95,8 @@ def test_gemv_path_for_small_m_with_split_k():
     w = g.add_input("w", parse_type("bf16[576,576]"))
     y = g.op("linear", x, w)
     k = gemm_kernel(_ctx(g, {x, w, y}), y.producer, [y]).finalize()
-    assert "gemv<" in k.code and "gemv_finalize" in k.code
-    assert k.workspaces, "split-K needs a partial-sum workspace"
+    assert "gemv<" in k.code and "last_split(tickets)" in k.code  # the last K split applies the epilogue
+    assert [w.persistent for w in k.workspaces[:2]] == [False, True], "partial sums, then persistent tickets"
 
 
 def test_attention_kernel_has_tensor_core_and_decode_paths():

@@ -19,18 +19,46 @@ SCHEMES = [
     QuantScheme(4, 32, True, f16),  # GGUF Q4_0
     QuantScheme(4, 64, False, f16, "int"),  # zero points
     QuantScheme(8, 32, True, f16),  # GGUF Q8_0
+    QuantScheme(4, 16, False, f16, "int"),  # groups of 16: half of 16 code bytes, never the 16-byte GEMV
     QuantScheme(8, 0, True, f32, codes="e4m3"),  # --quant fp8 weights
 ]
+# (N, K) of the linears every numeric test runs: whole 16-byte chunks of codes, and few columns with a
+# long K (the GEMV splits K)
+SHAPES = [(72, 256), (24, 4096)]
+ROWS = (1, 5, 17, 32, 40)  # one-row GEMV, up to 8 rows, 8-row chunks of the 16-byte GEMV, CUDA-core GEMM
 
 
-def _graph(scheme: QuantScheme, n: int, k: int, rng) -> tuple[Graph, np.ndarray]:
+def _codes_per_16_bytes(scheme: QuantScheme) -> int:
+    return 32 if scheme.bits == 4 else 16
+
+
+def _fallback_k(scheme: QuantScheme) -> int | None:
+    """A K the scheme allows whose rows are not whole 16-byte chunks of codes in one scale group each
+    (so the 16-byte GEMV cannot take it); None where every K the scheme allows is such chunks."""
+    epl, group = _codes_per_16_bytes(scheme), scheme.group_size
+    if group == 0:
+        return epl + 8
+    return 3 * group if group % epl else None
+
+
+def _graph(scheme: QuantScheme, shapes, rng) -> tuple[Graph, list[np.ndarray], list[np.ndarray]]:
+    """Independent linears x_i [m, K_i] -> [m, N_i]; their float64 weights and biases."""
     g = Graph("qlinear")
     g.add_symbol("m", 1, 64)
-    x = g.add_input("x", parse_type(f"f32[m,{k}]"))
-    w = quantize(rng.standard_normal((n, k)), scheme)
-    bias = g.add_constant("bias", rng.standard_normal(n).astype(np.float32))
-    g.set_outputs(g.op("linear", x, g.add_constant("w", w, w.type), bias))
-    return g, dequantize(w, np.float64)
+    outs, weights, biases = [], [], []
+    for i, (n, k) in enumerate(shapes):
+        x = g.add_input(f"x{i}", parse_type(f"f32[m,{k}]"))
+        w = quantize(rng.standard_normal((n, k)), scheme)
+        bias = rng.standard_normal(n).astype(np.float32)
+        outs.append(g.op("linear", x, g.add_constant(f"w{i}", w, w.type), g.add_constant(f"bias{i}", bias)))
+        weights.append(dequantize(w, np.float64))
+        biases.append(bias.astype(np.float64))
+    g.set_outputs(*outs)
+    return g, weights, biases
+
+
+def _sources(out) -> str:
+    return "".join(p.read_text() for p in (out / "cuda" / "src").glob("kernels_*.cu"))
 
 
 @pytest.mark.skipif(find_nvcc() is None, reason="nvcc is not installed")
@@ -41,18 +69,30 @@ def test_quantized_weights_stay_quantized_and_build(tmp_path):
 
     rng = np.random.default_rng(0)
     for scheme in SCHEMES[:2] + SCHEMES[-1:]:
-        g, _ = _graph(scheme, 24, 128, rng)
+        g, _, _ = _graph(scheme, [(24, 128)], rng)
         out = tmp_path / f"{scheme.name}.qjc"
         qjc.api.build(g, out, target="cuda", archs=("sm_80", "sm_90a"), dtype="bf16", quant_kernels=True)
         plan = json.loads((out / "cuda" / "plan.json").read_text())
         names = {b["name"]: b["dtype"] for b in plan["buffers"] if b["kind"] == "weight"}
-        assert names["w"] == "u8" and names["w::scales"] == scheme.scale_dtype.name
-        src = "".join(p.read_text() for p in (out / "cuda" / "src").glob("kernels_*.cu"))
-        assert "wq_load" in src
+        assert names["w0"] == "u8" and names["w0::scales"] == scheme.scale_dtype.name
+        src = _sources(out)
+        assert "wq_load" in src and "gemv_q" in src  # K = 128: whole 16-byte chunks of codes
         off = tmp_path / f"{scheme.name}.float.qjc"  # without the option: expanded at compile time
         qjc.api.build(g, off, target="cuda", archs=("sm_90a",), dtype="bf16")
         plan = json.loads((off / "cuda" / "plan.json").read_text())
         assert not any(b["dtype"] == "u8" for b in plan["buffers"] if b["kind"] == "weight")
+
+
+@pytest.mark.skipif(find_nvcc() is None, reason="nvcc is not installed")
+def test_rows_of_partial_16_byte_chunks_build_without_the_16_byte_gemv(tmp_path):
+    import qjc
+
+    scheme = QuantScheme(4, 16, False, f16, "int")
+    g, _, _ = _graph(scheme, [(24, _fallback_k(scheme))], np.random.default_rng(0))
+    out = tmp_path / "q.qjc"
+    qjc.api.build(g, out, target="cuda", archs=("sm_80", "sm_90a"), dtype="fp32", quant_kernels=True)
+    src = _sources(out)
+    assert "wq_load" in src and "gemv_q" not in src
 
 
 @pytest.mark.cuda
@@ -65,13 +105,15 @@ def test_quantized_linear_matches_float64(tmp_path, scheme, dtype, tol):
     from qjc.backends.cuda.options import arch_of_capability
 
     rng = np.random.default_rng()
-    g, w = _graph(scheme, 72, 256, rng)
-    bias = g.constants["bias"].data.astype(np.float64)
+    fallback = _fallback_k(scheme)
+    shapes = SHAPES + ([(40, fallback)] if fallback else [])
+    g, weights, biases = _graph(scheme, shapes, rng)
     engine = qjc.compile(g, target="cuda", archs=(arch_of_capability(*torch.cuda.get_device_capability()),),
                          dtype=dtype, quant_kernels=True, out_dir=tmp_path / "q.qjc")
-    for m in (1, 5, 40):  # GEMV, GEMV with several rows, CUDA-core GEMM
-        x = rng.standard_normal((m, 256)).astype(np.float32)
-        want = x.astype(np.float64) @ w.T + bias
-        got = np.asarray(engine(x), np.float64)
-        err = np.abs(got - want).max() / np.abs(want).max()
-        assert err < tol, f"M={m}: relative error {err:.2e}"
+    for m in ROWS:
+        xs = [rng.standard_normal((m, k)).astype(np.float32) for _, k in shapes]
+        got = engine(*xs)
+        for (n, k), x, w, bias, y in zip(shapes, xs, weights, biases, got):
+            want = x.astype(np.float64) @ w.T + bias
+            err = np.abs(np.asarray(y, np.float64) - want).max() / np.abs(want).max()
+            assert err < tol, f"M={m} N={n} K={k}: relative error {err:.2e}"
