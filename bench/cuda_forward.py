@@ -60,11 +60,11 @@ def profile(title: str, fn, runs: int = 5, top: int = 12) -> None:
 
 
 def measure_ceilings() -> tuple[float, float]:
-    """(copy bandwidth in bytes/s counting read + write, bf16 matmul FLOP/s), measured here."""
-    src = torch.randn(1 << 28, device="cuda", dtype=torch.bfloat16)  # 512 MiB
-    dst = torch.empty_like(src)
-    ms = cuda_time(lambda: dst.copy_(src), 3, 20)
-    bandwidth = 2 * src.numel() * src.element_size() / (ms * 1e-3)
+    """(copy bandwidth in bytes/s counting read + write, bf16 matmul FLOP/s), measured here; the
+    bandwidth as bench/decode.py measures it, so both scripts' floors share one ceiling."""
+    from decode import copy_bandwidth
+
+    bandwidth = copy_bandwidth(torch.device("cuda"), 1 << 30)
     a = torch.randn(8192, 8192, device="cuda", dtype=torch.bfloat16)
     b = torch.randn(8192, 8192, device="cuda", dtype=torch.bfloat16)
     ms = cuda_time(lambda: a @ b, 3, 20)
@@ -168,15 +168,13 @@ def main(argv: list[str] | None = None) -> int:
                 compiled(*dev)
                 result["compile_s"] = time.perf_counter() - start
                 result["compiled_ms"] = cuda_time(lambda c=compiled, d=dev: c(*d), iters=args.iters)
+                if args.profile:  # the module compiled once, profiled before dynamo forgets it
+                    profile(f"torch.compile {name}", lambda c=compiled, d=dev: c(*d))
                 torch._dynamo.reset()
             if args.profile:
                 engine.set_cuda_graphs(False)
                 profile(f"qjc {name}", lambda e=engine, d=dev: e(*d))
                 engine.set_cuda_graphs(True)
-                if args.compile_mode != "none":
-                    compiled = torch.compile(module, mode=args.compile_mode)
-                    profile(f"torch.compile {name}", lambda c=compiled, d=dev: c(*d))
-                    torch._dynamo.reset()
         module.cpu()
         del engine
         torch.cuda.empty_cache()

@@ -401,6 +401,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
+def configure_inductor(args: argparse.Namespace) -> None:
+    """Inductor as gpt-fast sets it: coordinate-descent tuning on, unless --no-coordinate-descent."""
+    if not args.no_coordinate_descent:
+        import torch._inductor.config as inductor_config
+
+        inductor_config.coordinate_descent_tuning = True
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     sys.path.insert(0, str(Path(__file__).resolve().parent))  # torch_decoder.py sits next to this file
@@ -411,10 +419,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[
         args.dtype or ("bf16" if device.type == "cuda" else "fp32")]
-    if not args.no_coordinate_descent:
-        import torch._inductor.config as inductor_config
-
-        inductor_config.coordinate_descent_tuning = True
+    configure_inductor(args)
     itemsize = torch.empty((), dtype=dtype).element_size()
 
     import transformers

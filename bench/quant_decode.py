@@ -23,7 +23,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from decode import SHAPES, cast_parameters, free_device_memory, log, make_model, run_torch, tiny_shape  # noqa: E402
+import decode  # noqa: E402
+from decode import SHAPES, cast_parameters, free_device_memory, log, make_model, tiny_shape  # noqa: E402
 
 MODES = ("none", "int8", "int4", "fp8")
 
@@ -67,9 +68,10 @@ def main(argv: list[str] | None = None) -> int:
     if not torch.cuda.is_available():
         print("quant_decode.py needs a CUDA GPU (torch sees none)", file=sys.stderr)
         return 2
-    # what run_torch reads from decode.py's command line
-    args.compile_mode, args.torch_gqa, args.torch_decode_sdpa, args.profile = "reduce-overhead", "repeat", "math", False
-    args.seed = 0
+    # the torch peer exactly as decode.py runs it by default (gpt-fast settings)
+    torch_args = decode.parse_args(["--shapes", args.shapes, "--batches", args.batches, "--context", str(args.context),
+                             "--steps", str(args.steps), "--warmup", str(args.warmup), "--repeats", str(args.repeats)])
+    decode.configure_inductor(torch_args)
     device = torch.device("cuda")
     rows: list[dict[str, Any]] = []
     work = Path(tempfile.mkdtemp(prefix="qjc-quant-bench-"))
@@ -84,7 +86,8 @@ def main(argv: list[str] | None = None) -> int:
                 torch_us = None
                 if not args.skip_torch:
                     try:
-                        torch_us = run_torch(config, model, batch, args, device, torch.bfloat16)["torch_us_per_step"]
+                        torch_us = decode.run_torch(config, model, batch, torch_args, device,
+                                                    torch.bfloat16)["torch_us_per_step"]
                     except Exception as e:  # the qjc rows still run
                         log(f"torch failed: {type(e).__name__}: {e}")
                 base = None

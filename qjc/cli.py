@@ -284,6 +284,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     from qjc import __version__
+    from qjc.passes.quantize.modes import QUANT_MODES
 
     parser = argparse.ArgumentParser(prog="qjc", description="qjc: an ahead-of-time inference compiler")
     parser.add_argument("--version", action="version", version=f"qjc {__version__}")
@@ -320,7 +321,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "(targets with a paged cache)")
     p.add_argument("--kv-blocks", type=int, help="language models: KV-cache blocks in the pool (default: enough "
                    "for every sequence to reach max-seq)")
-    p.add_argument("--quant", default="none", choices=["none", "int8", "int4", "int4-awq", "fp8"],
+    p.add_argument("--quant", default="none", choices=list(QUANT_MODES),
                    help="quantization of linear layers: weight-only int8 / int4 / int4-awq, or fp8 (e4m3 weights, "
                         "and activations on targets with fp8 kernels)")
     p.add_argument("--group-size", type=int, default=128, help="int4 group size (32, 64, 128, 256)")

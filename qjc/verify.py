@@ -3,7 +3,6 @@ float model it came from — per quantized layer and end to end."""
 
 from __future__ import annotations
 
-import re
 import sys
 from dataclasses import dataclass, field
 from typing import Any, TextIO
@@ -13,9 +12,6 @@ import numpy as np
 from qjc.errors import QJCError
 from qjc.ir import Graph
 from qjc.ir.quant import QuantizedArray, dequantize
-
-# a quantized weight constant is named "<float weight name>.<scheme>" (passes/quantize)
-_SCHEME_SUFFIX = re.compile(r"\.q\d+(?:g\d+|c)[sam]_\w+$")
 
 
 @dataclass
@@ -94,7 +90,8 @@ def verify_against(artifact_path: str, model: Any, max_seq: int = 256) -> Verify
     for name, const in sorted(compiled.constants.items()):
         if not isinstance(const.data, QuantizedArray):
             continue
-        merged = _SCHEME_SUFFIX.sub("", name).removesuffix(".awq_inv")
+        # a quantized weight constant is named "<float weight name>.<scheme>" (passes/quantize)
+        merged = name.removesuffix("." + const.data.scheme.name).removesuffix(".awq_inv")
         for base, wq in _float_weight_rows(merged, dequantize(const.data, np.float64), float_graph):
             w = np.asarray(float_graph.constants[base].data, np.float64)
             x = seen.get(base)

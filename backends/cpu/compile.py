@@ -1,7 +1,7 @@
 """Build a graph into the engine's shared library: translate to Relax, run TVM's fusion and
 lowering with qjc's schedules and kernels, compile through LLVM and export ``model.so``.
 
-Every stage is timed; the times go to ``log`` (stderr at QJC_DEBUG >= 1) and into BuildReport.
+Every stage is timed; the times go to ``log`` (stderr at QJC_DEBUG >= 1) (the build's progress output).
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from qjc.backends.cpu.engine import LIBRARY_FILE
 from qjc.backends.cpu.options import CpuOptions
 from qjc.backends.cpu.schedule import schedule_pass
 from qjc.backends.cpu.translate import KernelConfig, translate
@@ -19,7 +20,6 @@ from qjc.backends.cpu.tvm_env import CpuTarget, import_tvm, make_target
 from qjc.backends.cpu.weights import ParamSpec
 from qjc.ir.graph import Graph
 
-LIBRARY_FILE = "model.so"
 ENTRY = "main"
 
 
@@ -30,7 +30,6 @@ class BuildReport:
     params: list[ParamSpec]
     kernels: int = 0
     dequantized_at_load: list[str] = field(default_factory=list)  # quantized weights no kernel reads
-    timings: list[tuple[str, float]] = field(default_factory=list)
 
 
 def _require_linker() -> None:
@@ -90,7 +89,6 @@ def build_library(graph: Graph, options: CpuOptions, out_dir: Path,
         start = time.perf_counter()
         value = fn()
         seconds = time.perf_counter() - start
-        report.timings.append((name, seconds))
         say(f"cpu: {name} {seconds:.2f} s")
         return value
 

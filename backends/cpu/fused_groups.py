@@ -130,9 +130,7 @@ def _weight_dequantize(sub: Graph, gemm: Node) -> list[Node]:
 
 
 def gemm_group(t: Translator, node: Node) -> list[Any] | None:
-    from qjc.backends.cpu.kernel_gemm import GemmSpec, gemm_func
-    from qjc.backends.cpu.ops_linalg import gemm_operands, packable
-    from qjc.ir.dims import product
+    from qjc.backends.cpu.ops_linalg import emit_gemm, packable
 
     sub = node.subgraph
     assert sub is not None
@@ -152,22 +150,8 @@ def gemm_group(t: Translator, node: Node) -> list[Any] | None:
     tail, extras, signature = plan
     layout = "nk" if gemm.op == "linear" else "kn"
     bias = gemm.inputs[2] if gemm.op == "linear" and len(gemm.inputs) == 3 else None
-    k = int(x.type.shape[-1])
-    n = int(w.type.shape[0] if layout == "nk" else w.type.shape[1])
-    cfg = t.config
-    operands, quant = gemm_operands(t, w, layout)
-    spec = GemmSpec(k, n, cfg.gemm_cols, cfg.gemm_rows if quant is None else cfg.qgemm_rows, bias is not None,
-                    tuple(kind for _, kind in extras), signature, quant)
-    epilogue = _epilogue_fn(t, gemm, tail, extras)
-    gvar = t.kernel(("gemm", spec), lambda name: gemm_func(spec, name, epilogue))
-    m = t.dim(product(x.type.shape[:-1]))
-    args = [t.reshape(t.arg(x), [m, t.dim(k)]), *operands]
-    if bias is not None:
-        args.append(t.arg(bias))
-    for v, kind in extras:
-        args.append(t.reshape(t.arg(v), [m, t.dim(n)] if kind == "full" else [t.dim(n)]))
-    y = t.call_kernel(gvar, args, [m, t.dim(n)], "float32")
-    return [t.reshape(y, t.shape(node.outputs[0]))]
+    return [emit_gemm(t, x, w, layout, bias, node.outputs[0], tuple(extras), signature,
+                      _epilogue_fn(t, gemm, tail, extras))]
 
 
 # ---- attention -------------------------------------------------------------------------------------

@@ -157,13 +157,12 @@ def _convert_binary(t: Translator, node: Node) -> list[Any]:
 
 @converts("where")
 def _convert_where(t: Translator, node: Node) -> list[Any]:
-    out_shape, out_dtype = t.shape(node.output), t.dtype(node.output)
+    out_shape = t.shape(node.output)
 
     def compute(c: Any, a: Any, b: Any) -> Any:
         return te.compute(out_shape, lambda *i: tirx.Select(broadcast_load(c, i), broadcast_load(a, i),
                                                             broadcast_load(b, i)), name="where")
 
-    del out_dtype
     return [t.emit_te(compute, *(t.arg(v) for v in node.inputs), name="where")]
 
 

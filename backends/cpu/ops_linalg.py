@@ -64,17 +64,22 @@ def gemm_operands(t: Translator, weight: Value, layout: str) -> tuple[list[Any],
     return [t.param(source, part) for part in fmt.parts], fmt
 
 
-def _gemm(t: Translator, x: Value, weight: Value, layout: str, bias: Value | None, out: Value) -> Any:
-    """``out`` = x [..., K] times the packed constant ``weight`` (+ bias) on the GEMM kernel."""
+def emit_gemm(t: Translator, x: Value, weight: Value, layout: str, bias: Value | None, out: Value,
+              extras: tuple[tuple[Value, str], ...] = (), signature: str = "", epilogue: Any = None) -> Any:
+    """``out`` = x [..., K] times the packed constant ``weight`` (+ bias) on the GEMM kernel; a fused
+    group's tail rides along as ``epilogue`` (named by ``signature``) reading ``extras`` (value, "full"
+    [.., N] or "row" [N])."""
     k = int(x.type.shape[-1])
     n = int(weight.type.shape[0] if layout == "nk" else weight.type.shape[1])
     cfg = t.config
     operands, quant = gemm_operands(t, weight, layout)
     rows = cfg.gemm_rows if quant is None else cfg.qgemm_rows
-    spec = GemmSpec(k, n, cfg.gemm_cols, rows, bias is not None, quant=quant)
-    gvar = t.kernel(("gemm", spec), lambda name: gemm_func(spec, name))
+    spec = GemmSpec(k, n, cfg.gemm_cols, rows, bias is not None, tuple(kind for _, kind in extras), signature, quant)
+    gvar = t.kernel(("gemm", spec), lambda name: gemm_func(spec, name, epilogue))
     m = t.dim(product(x.type.shape[:-1]))
     args = [t.reshape(t.arg(x), [m, t.dim(k)]), *operands] + ([t.arg(bias)] if bias is not None else [])
+    for v, kind in extras:
+        args.append(t.reshape(t.arg(v), [m, t.dim(n)] if kind == "full" else [t.dim(n)]))
     y = t.call_kernel(gvar, args, [m, t.dim(n)], "float32")
     return t.reshape(y, t.shape(out))
 
@@ -84,7 +89,7 @@ def _convert_linear(t: Translator, node: Node) -> list[Any]:
     x, w = node.inputs[0], node.inputs[1]
     bias = node.inputs[2] if len(node.inputs) == 3 else None
     if packable(t, w, x):
-        return [_gemm(t, x, w, "nk", bias, node.output)]
+        return [emit_gemm(t, x, w, "nk", bias, node.output)]
     if w.type.dtype.is_quant:
         raise BackendError(f"cpu backend: linear {node.label} has a quantized weight that is not a constant")
     y = t.emit(relax.op.matmul(t.arg(x), t.emit(relax.op.permute_dims(t.arg(w), [1, 0]))))
@@ -97,7 +102,7 @@ def _convert_linear(t: Translator, node: Node) -> list[Any]:
 def _convert_matmul(t: Translator, node: Node) -> list[Any]:
     a, b = node.inputs
     if packable(t, b, a):
-        return [_gemm(t, a, b, "kn", None, node.output)]
+        return [emit_gemm(t, a, b, "kn", None, node.output)]
     return [t.emit(relax.op.matmul(t.arg(a), t.arg(b)))]
 
 

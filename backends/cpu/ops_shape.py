@@ -15,6 +15,7 @@ from qjc.backends.cpu.te_util import as_expr, broadcast_load, const, int64
 from qjc.backends.cpu.translate import TVM_DTYPES
 from qjc.backends.cpu.tvm_env import import_tvm
 from qjc.ir.dims import SymExpr
+from qjc.ir.ops.shape import slice_start
 
 if TYPE_CHECKING:
     from qjc.backends.cpu.translate import Translator
@@ -24,8 +25,6 @@ tvm = import_tvm()
 te = tvm.te
 tirx = tvm.tirx
 relax = tvm.relax
-
-_TO_END = 2**31 - 1
 
 
 @converts("reshape", "squeeze", "unsqueeze", "flatten")
@@ -79,23 +78,9 @@ def _convert_expand(t: Translator, node: Node) -> list[Any]:
 
 
 def _slice_start(t: Translator, dim: int | SymExpr, start: int | SymExpr, step: int) -> Any:
-    """The first element a slice reads, as ONNX / Python slicing defines it."""
-    if isinstance(start, SymExpr):
-        return t.dim(start)
-    if isinstance(dim, int):
-        if step > 0:
-            s = start + dim if start < 0 else start
-            return int64(min(max(s, 0), dim))
-        s = start + dim if start < 0 else start
-        return int64(min(max(s, -1), dim - 1))
-    # symbolic dim, static start: the forms _slice_len in qjc/ir/ops/shape.py accepts
-    if step > 0:
-        if start <= -_TO_END:
-            return int64(0)
-        return t.dim(dim + start) if start < 0 else int64(start)
-    if start == -1 or start >= _TO_END:
-        return t.dim(dim - 1)
-    return t.dim(dim + start) if start < 0 else int64(start)
+    """The first element a slice reads (qjc.ir.ops.shape.slice_start) as a TVM expression."""
+    first = slice_start(dim, start, step)
+    return int64(first) if isinstance(first, int) else t.dim(first)
 
 
 @converts("slice")

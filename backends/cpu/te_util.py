@@ -11,7 +11,7 @@ tvm = import_tvm()
 te = tvm.te
 tirx = tvm.tirx
 
-__all__ = ["as_expr", "dtype_of", "const", "is_one", "broadcast_load", "int64", "lowest", "highest"]
+__all__ = ["as_expr", "dtype_of", "const", "is_one", "broadcast_load", "int64", "lowest"]
 
 
 def const(value: float | int | bool, dtype: str) -> Any:
@@ -46,9 +46,3 @@ def lowest(dtype: str) -> Any:
     if dtype.startswith("float") or dtype.startswith("bfloat"):
         return tirx.const(float("-inf"), dtype)
     return tirx.min_value(dtype)
-
-
-def highest(dtype: str) -> Any:
-    if dtype.startswith("float") or dtype.startswith("bfloat"):
-        return tirx.const(float("inf"), dtype)
-    return tirx.max_value(dtype)

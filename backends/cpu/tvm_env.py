@@ -92,9 +92,6 @@ class CpuTarget:
             config["num-cores"] = threads
         return tvm.target.Target(config)
 
-    def describe(self) -> str:
-        return f"{self.triple} -mcpu={self.cpu} ({self.vector_bits}-bit vectors)"
-
 
 def make_target(cpu: str) -> CpuTarget:
     tvm = import_tvm()

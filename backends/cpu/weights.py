@@ -23,10 +23,9 @@ import numpy as np
 
 from qjc.backends.cpu.quant_layout import PARTS, column_panels, pack_part
 
-# "plain": as stored. "nk": a linear weight [N, K] (torch layout). "kn": a matmul right operand [K, N].
-# Both packed layouts are [ceil(N / block), K, block], zero-padded past N. The q_* layouts are the parts
-# of a quantized linear weight (quant_layout.py).
-LAYOUTS = ("plain", "nk", "kn", *PARTS)
+# Layouts: "plain": as stored. "nk": a linear weight [N, K] (torch layout). "kn": a matmul right operand
+# [K, N]. Both packed layouts are [ceil(N / block), K, block], zero-padded past N. The q_* layouts (PARTS)
+# are the parts of a quantized linear weight (quant_layout.py).
 
 
 @dataclass(frozen=True)

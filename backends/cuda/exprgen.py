@@ -26,6 +26,7 @@ from qjc.backends.cuda.cexpr import SymbolTable, c_float, compute_ctype, ctype
 from qjc.ir.dims import Dim
 from qjc.ir.dtypes import DType
 from qjc.ir.graph import Node, Value
+from qjc.ir.ops.shape import slice_start
 
 
 class NotFusable(Exception):
@@ -413,31 +414,15 @@ class ExprGen:
         axes = node.attrs["axes"] or tuple(range(len(node.attrs["starts"])))
         steps = node.attrs["steps"] or (1,) * len(axes)
         out = []
-        for a, start, end, step in zip(axes, node.attrs["starts"], node.attrs["ends"], steps):
+        for a, start, step in zip(axes, node.attrs["starts"], steps):
             a = a % rank
-            out.append((a, self._slice_start(src[a], start, end, step), step))
+            out.append((a, self._slice_start(src[a], start, step), step))
         return out
 
-    def _slice_start(self, dim: Dim, start: Dim, end: Dim, step: int) -> int | str:
-        """The first index a slice reads (ONNX semantics: negative from the end, clamped)."""
-        to_end = 2**31 - 1
-        if not isinstance(start, int):
-            return f"(idx_t){self.syms.dim(start, self.sym)}"
-        if isinstance(dim, int):
-            r = range(*slice(start, end if isinstance(end, int) else None, step).indices(dim))
-            return r.start if len(r) else 0
-        if step > 0:
-            if start <= -to_end:
-                return 0
-            if start >= 0:
-                return start
-            return f"((idx_t){self.syms.dim(dim, self.sym)} + ({start}))"
-        # negative steps over a symbolic dim: start from the end when asked to
-        if start >= to_end or start == -1:
-            return f"((idx_t){self.syms.dim(dim, self.sym)} - 1)"
-        if start < 0:
-            return f"((idx_t){self.syms.dim(dim, self.sym)} + ({start}))"
-        return start
+    def _slice_start(self, dim: Dim, start: Dim, step: int) -> int | str:
+        """The first index a slice reads (qjc.ir.ops.shape.slice_start) as C."""
+        first = slice_start(dim, start, step)
+        return first if isinstance(first, int) else f"(idx_t){self.syms.dim(first, self.sym)}"
 
     def _slice(self, node: Node, v: Value, index: Index) -> str:
         multi = list(self.as_multi(index, v.type.shape))

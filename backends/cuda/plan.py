@@ -353,10 +353,8 @@ class Planner:
             if self.region(x.producer) != self.region(core) or x in core.inputs[1:]:
                 continue
             plan.co_outputs.append(x)
-            plan.inline |= src.inline
             removed.add(id(src.root))
-        plans = [p for p in plans if id(p.root) not in removed]
-        return self.pair_cache_writes(self.merge_epilogues(plans))
+        return [p for p in plans if id(p.root) not in removed]
 
     def pair_cache_writes(self, plans: list[KernelPlan]) -> list[KernelPlan]:
         """A layer's K and V cache writes (same block table, positions and pool type) as one kernel:
@@ -368,14 +366,12 @@ class Planner:
             if core is None or core.op != "paged_kv_write":
                 continue
             pool, table, positions, new = core.inputs
-            key = (id(table), id(positions), core.attrs["layout"], str(pool.type), str(new.type))
+            key = (id(table), id(positions), core.attrs["layout"], pool.type, new.type)
             host = first.pop(key, None)
             if host is None:
                 first[key] = plan
                 continue
             host.partners.append(core)
-            host.inline |= plan.inline
-            host.reads |= plan.reads
             removed.add(id(plan.root))
         return [p for p in plans if id(p.root) not in removed]
 
@@ -397,8 +393,6 @@ class Planner:
                 if not (self.local_fusion or (same is not None and same == self.region(host.root.producer))):
                     continue
                 host.extra_outputs.append(plan.root)
-                host.inline |= plan.inline
-                host.reads |= plan.reads - {id(host.root)}
                 removed.add(id(plan.root))
                 break
         return [p for p in plans if id(p.root) not in removed]
@@ -433,7 +427,7 @@ class Planner:
             if conflicts:
                 self.forced |= conflicts
                 continue
-            plans = self.co_produce(plans, mat)
+            plans = self.pair_cache_writes(self.merge_epilogues(self.co_produce(plans, mat)))
             ctx = KernelContext(self.syms, self.ranges, lambda v, mat=mat: id(v) in mat, self.quant_parts)
             try:
                 sources = []

@@ -9,6 +9,7 @@ needed for the numpy path: the library's own helpers do the device work.
 from __future__ import annotations
 
 import ctypes
+import functools
 from collections.abc import Sequence
 from typing import Any
 
@@ -237,7 +238,7 @@ class CudaEngine(Engine):
             if not x.is_cuda:
                 raise QJCError(f"input {spec.name!r}: mix of CUDA tensors and host arrays",
                                "pass every input on the GPU, or every input as a numpy array")
-            if _TORCH_NAMES.get(x.dtype) != want.name:
+            if _torch_names().get(x.dtype) != want.name:
                 raise QJCError(f"input {spec.name!r}: expected dtype {spec.dtype} ({spec}), got {x.dtype}")
             if not x.is_contiguous():
                 raise QJCError(f"input {spec.name!r} is not contiguous", "pass x.contiguous()")
@@ -312,30 +313,24 @@ class _Shaped:
         self.shape = shape
 
 
-def _torch_names() -> dict[Any, str]:
+@functools.cache
+def _torch_dtypes() -> dict[str, Any]:
+    """qjc dtype name -> torch dtype (empty without torch); looked up on every call, built once."""
     try:
         import torch
     except ImportError:
         return {}
-    return {torch.float32: "f32", torch.float16: "f16", torch.bfloat16: "bf16", torch.float64: "f64",
-            torch.int64: "i64", torch.int32: "i32", torch.int8: "i8", torch.uint8: "u8", torch.bool: "bool"}
+    return {"f32": torch.float32, "f16": torch.float16, "bf16": torch.bfloat16, "f64": torch.float64,
+            "i64": torch.int64, "i32": torch.int32, "i8": torch.int8, "u8": torch.uint8, "bool": torch.bool}
 
 
-class _LazyTorchNames(dict):
-    def get(self, key, default=None):  # noqa: D401 - a dict filled on first use
-        if not self:
-            self.update(_torch_names())
-        return super().get(key, default)
-
-
-_TORCH_NAMES = _LazyTorchNames()
+@functools.cache
+def _torch_names() -> dict[Any, str]:
+    return {t: name for name, t in _torch_dtypes().items()}
 
 
 def _torch_dtype(name: str):
-    import torch
-
-    return {"f32": torch.float32, "f16": torch.float16, "bf16": torch.bfloat16, "f64": torch.float64,
-            "i64": torch.int64, "i32": torch.int32, "i8": torch.int8, "u8": torch.uint8, "bool": torch.bool}[name]
+    return _torch_dtypes()[name]
 
 
 def _pointer_of(x: Any) -> int:

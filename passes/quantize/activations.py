@@ -11,8 +11,11 @@ from qjc.passes.quantize.modes import FP8_ACTIVATIONS
 
 
 def target_has_fp8(ctx: PassContext) -> bool:
+    """The target takes fp8 activations: their dtype and the quantize / dequantize pair (a target that
+    dequantizes fp8 weights in its GEMM accepts the dtype without lowering the pair)."""
     caps = ctx.capabilities
-    return caps is None or caps.accepts_dtype(FP8_ACTIVATIONS.name)
+    return caps is None or (caps.accepts_dtype(FP8_ACTIVATIONS.name) and caps.accepts_op("quantize")
+                            and caps.accepts_op("dequantize"))
 
 
 def quantize_activations(graph: Graph) -> int:

@@ -26,6 +26,11 @@ class Workspace:
     numel: Dim
     persistent: bool = False
 
+    def __post_init__(self) -> None:
+        # the engine allocates persistent buffers once, before any shape is known
+        if self.persistent and not isinstance(self.numel, int):
+            raise ValueError(f"a persistent workspace needs a static size, got {self.numel}")
+
 
 @dataclass
 class KernelSource:

@@ -72,27 +72,25 @@ def _slots(table: np.ndarray, positions: np.ndarray, block_size: int):
     return out
 
 
+def _as_bhsd(pool: np.ndarray, layout: str) -> np.ndarray:
+    """A [num_blocks, kv_heads, block_size, head_dim] view of a pool (writes go through to it)."""
+    return pool if layout == "bhsd" else pool.transpose(0, 2, 1, 3)
+
+
 def _paged_kv_write(pool: np.ndarray, table: np.ndarray, positions: np.ndarray, new: np.ndarray,
                     layout: str = "bhsd") -> np.ndarray:
     out = pool.copy()
-    block_size = pool.shape[2] if layout == "bhsd" else pool.shape[1]
-    for b, s, block, slot in _slots(table, positions, block_size):
-        if layout == "bhsd":
-            out[block, :, slot, :] = new[b, :, s, :]
-        else:
-            out[block, slot, :, :] = new[b, :, s, :]
+    view = _as_bhsd(out, layout)
+    for b, s, block, slot in _slots(table, positions, view.shape[2]):
+        view[block, :, slot, :] = new[b, :, s, :]
     return out
 
 
-def _gather_sequence(pool: np.ndarray, table: np.ndarray, b: int, length: int, layout: str) -> np.ndarray:
-    """Positions 0..length-1 of sequence b as [kv_heads, length, head_dim]."""
-    block_size = pool.shape[2] if layout == "bhsd" else pool.shape[1]
-    rows = []
-    for p in range(length):
-        block, slot = int(table[b, p // block_size]), p % block_size
-        rows.append(pool[block, :, slot, :] if layout == "bhsd" else pool[block, slot, :, :])
-    return np.stack(rows, axis=1) if rows else np.zeros((pool.shape[1 if layout == "bhsd" else 2], 0,
-                                                         pool.shape[3]), pool.dtype)
+def _gather_sequence(pool: np.ndarray, table: np.ndarray, b: int, length: int) -> np.ndarray:
+    """Positions 0..length-1 of sequence b of a bhsd ``pool`` as [kv_heads, length, head_dim]."""
+    block_size = pool.shape[2]
+    rows = [pool[int(table[b, p // block_size]), :, p % block_size, :] for p in range(length)]
+    return np.stack(rows, axis=1) if rows else np.zeros((pool.shape[1], 0, pool.shape[3]), pool.dtype)
 
 
 def _attention_infer(ts: list[TensorType], attrs) -> list[TensorType]:
@@ -120,16 +118,16 @@ def _paged_attention(q: np.ndarray, k_pool: np.ndarray, v_pool: np.ndarray, tabl
                      positions: np.ndarray, layout: str = "bhsd", scale: float | None = None) -> np.ndarray:
     ct = np.result_type(q.dtype, np.float32)
     batch, hq, seq, dim = q.shape
-    hkv = k_pool.shape[1] if layout == "bhsd" else k_pool.shape[2]
-    group = hq // hkv
+    k_pool, v_pool = _as_bhsd(k_pool, layout), _as_bhsd(v_pool, layout)
+    group = hq // k_pool.shape[1]
     scale = 1.0 / math.sqrt(dim) if scale is None else scale
     out = np.zeros(q.shape, ct)
     for b in range(batch):
         last = int(positions[b].max(initial=-1))
         if last < 0:
             continue
-        k = _gather_sequence(k_pool, table, b, last + 1, layout).astype(ct)
-        v = _gather_sequence(v_pool, table, b, last + 1, layout).astype(ct)
+        k = _gather_sequence(k_pool, table, b, last + 1).astype(ct)
+        v = _gather_sequence(v_pool, table, b, last + 1).astype(ct)
         for s in range(seq):
             p = int(positions[b, s])
             if p < 0:

@@ -141,6 +141,23 @@ register(OpDef("transpose", "shape", (1, 1), _transpose_infer, _transpose,
 # ---- slice ---------------------------------------------------------------------------------------
 
 
+def slice_start(dim: Dim, start: Dim, step: int) -> Dim:
+    """The first index a slice reads (ONNX / Python semantics: a negative start counts from the end,
+    then clamped into the dim): an int where dim and start are static, else an expression of the
+    symbols, for the forms _slice_len accepts. Backends turn it into their own index expressions."""
+    if not isinstance(start, int):
+        return start
+    if isinstance(dim, int):
+        return slice(start, None, step).indices(dim)[0]
+    if step > 0:
+        if start <= -_TO_END:
+            return 0
+        return dim + start if start < 0 else start
+    if start == -1 or start >= _TO_END:  # negative steps from the end of a symbolic dim
+        return dim - 1
+    return dim + start if start < 0 else start
+
+
 def _slice_len(dim: Dim, start: Dim, end: Dim, step: int) -> Dim:
     if isinstance(start, SymExpr) or isinstance(end, SymExpr):
         # bounds given by symbols (x[:, :seq] of a longer buffer) count from the front and are

@@ -206,3 +206,18 @@ def test_fused_kind_matches_interpreter_and_reference(fused_runs, k: int) -> Non
     for n, got, interp, refs in fused_runs:
         assert_close(got[k], interp[k], "reduction", f"{NAMES[k]} at n={n} vs interpreter")
         assert_close(got[k], refs[k], "reduction", f"{NAMES[k]} at n={n} vs reference")
+
+
+def test_whole_group_kernels_are_the_ones_used():
+    """The numbers above match op by op too; this checks the groups the kernels take do get them:
+    two GEMM groups (epilogues), two attention groups and two norms (one rms_norm stays op by op)."""
+    import re
+    from collections import Counter
+
+    from qjc.backends.cpu.translate import KernelConfig, translate
+    from qjc.backends.cpu.tvm_env import make_target
+
+    mod, _, _ = translate(parse_graph(IR, constants=CONSTANTS), KernelConfig.for_target(make_target("x86-64-v3")))
+    kinds = Counter(m.group(1) for gv in mod.get_global_vars() if (m := re.fullmatch(r"(gemm|sdpa|norm)\d+",
+                                                                                         gv.name_hint)))
+    assert kinds == {"gemm": 2, "sdpa": 2, "norm": 2}

@@ -86,7 +86,6 @@ def test_smollm2_gguf_quantized_tokens_equal_the_dequantized_engine(tmp_path) ->
     build(dense, tmp_path / "f.qjc", target="cpu")
     backend = json.loads((tmp_path / "q.qjc" / "manifest.json").read_text())["backend"]
     assert "dequantized_at_load" not in backend
-    assert not any(p["dtype"] == "f32" and p.get("quant") for p in backend["params"])
     q_engine, f_engine = load(tmp_path / "q.qjc"), load(tmp_path / "f.qjc")
     prompt = load_tokenizer(q_engine)("The capital of France is").input_ids
     got = q_engine.generate(list(prompt), max_new_tokens=NEW_TOKENS, stop_ids=[])

@@ -74,23 +74,13 @@ def _check(case, dtype, inputs, outputs):
         assert err < tol, f"relative error {err:.3g} >= {tol:g}"
 
 
-def _case_names(group: str) -> list[str]:
-    return [c.name for c in GROUPS[group]()]
+def _runs() -> list:
+    """(group, dtype, case name) for every case in each dtype it declares."""
+    return [pytest.param(group, dtype, c.name, id=f"{group}-{c.name}-{dtype}")
+            for group, make in GROUPS.items() for c in make() for dtype in DTYPES if dtype in c.dtypes]
 
 
-@pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("name", _case_names("basic"))
-def test_basic_ops(results, name, dtype):
-    cases, runs = results("basic", dtype)
-    if name not in runs:
-        pytest.skip(f"{name} is not a {dtype} case")
-    _check(cases[name], dtype, *runs[name])
-
-
-@pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("name", _case_names("heavy"))
-def test_gemm_attention_nn_and_fused_kinds(results, name, dtype):
-    cases, runs = results("heavy", dtype)
-    if name not in runs:
-        pytest.skip(f"{name} is not a {dtype} case")
+@pytest.mark.parametrize("group,dtype,name", _runs())
+def test_op_matches_torch(results, group, dtype, name):
+    cases, runs = results(group, dtype)
     _check(cases[name], dtype, *runs[name])

@@ -117,3 +117,22 @@ def test_quantized_linear_matches_float64(tmp_path, scheme, dtype, tol):
             want = x.astype(np.float64) @ w.T + bias
             err = np.abs(np.asarray(y, np.float64) - want).max() / np.abs(want).max()
             assert err < tol, f"M={m} N={n} K={k}: relative error {err:.2e}"
+
+
+@pytest.mark.skipif(find_nvcc() is None, reason="nvcc is not installed")
+def test_fp8_mode_builds_with_quantized_kernels(tmp_path):
+    """--quant fp8 on cuda keeps e4m3 weights for the GEMV; activations stay in float there (cuda has
+    no quantize / dequantize lowering), with a note, instead of a build that fails on those ops."""
+    import json
+
+    import qjc
+
+    rng = np.random.default_rng()
+    g = Graph("fp8_linear")
+    x = g.add_input("x", parse_type("f32[3,64]"))
+    g.set_outputs(g.op("linear", x, g.add_constant("fc1.weight", rng.standard_normal((96, 64)).astype(np.float32))))
+    out = tmp_path / "fp8.qjc"
+    result = qjc.api.build(g, out, target="cuda", archs=("sm_90a",), dtype="bf16", quant="fp8", quant_kernels=True)
+    plan = json.loads((out / "cuda" / "plan.json").read_text())
+    assert {b["dtype"] for b in plan["buffers"] if b["name"] == "fc1.weight.f8e4m3c_f32"} == {"u8"}
+    assert any("activations stay in float" in n for n in result.notes)

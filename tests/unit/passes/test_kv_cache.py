@@ -46,18 +46,13 @@ def _paged(g: Graph, layout: PagedLayout) -> Graph:
     return PassManager([PagedKVCache(layout)]).run(g.copy(), PassContext())
 
 
-def _run(g: Graph, inputs: list[np.ndarray]) -> list[np.ndarray]:
-    consts = {n: c.data for n, c in g.constants.items()}
-    return run(g, inputs, consts)
-
-
 def _static_generation(g: Graph, prompt: list[int], steps: int) -> list[np.ndarray]:
     """Logits of the last token after the prompt and after each greedy step, static cache."""
     state = [np.zeros(tuple(v.type.shape), np.float32) for v in g.inputs[2:]]
     tokens, pos = np.asarray([prompt]), np.arange(len(prompt))
     out = []
     for _ in range(steps):
-        logits, *state = _run(g, [tokens, pos, *state])
+        logits, *state = run(g, [tokens, pos, *state])
         out.append(logits[0, -1])
         tokens, pos = np.asarray([[int(np.argmax(logits[0, -1]))]]), np.asarray([pos[-1] + 1])
     return out
@@ -89,7 +84,7 @@ def test_paged_matches_static_cache_for_different_lengths(decoders, order):
         tokens[b, : len(p)], positions[b, : len(p)] = p, np.arange(len(p))
     last = [len(p) - 1 for p in prompts]
     for step in range(steps):
-        logits, *pools = _run(paged, [tokens, positions, table, *pools])
+        logits, *pools = run(paged, [tokens, positions, table, *pools])
         nxt = []
         for b in range(2):
             row = logits[b, last[b] if step == 0 else 0]
