@@ -10,6 +10,7 @@ from qjc.passes.cleanup import (
 )
 from qjc.passes.fusion import FusionPartitioner, MergeParallelGemms, RecognizeDecomposed
 from qjc.passes.kv_cache import PagedKVCache
+from qjc.passes.kv_cache_onnx import PagedKVCacheONNX
 from qjc.passes.layout import LayoutCanonicalization
 from qjc.passes.manager import Pass
 from qjc.passes.memory_plan import MemoryPlanning
@@ -39,6 +40,9 @@ def standard_pipeline() -> list[Pass]:
         # Models spell RMSNorm, LayerNorm, softmax, SiLU/GELU and attention as chains of small ops;
         # turn them back into the single ops the backend has kernels for (needs CSE'd inputs).
         RecognizeDecomposed(),
+        # ONNX decoders thread their cache through past inputs and present outputs; they get the same
+        # paged pool, which needs their attention already recognized as an sdpa (the step above).
+        PagedKVCacheONNX(),
         # One spelling per GEMM (linear with [N, K] weights, or [K, N] where the backend wants it),
         # bias adds inside linears, no flatten/unflatten around GEMMs, batch norms folded into
         # convs: fusion then sees GEMMs whose epilogues follow them directly.

@@ -82,7 +82,7 @@ class CudaBackend(Backend):
             raise BackendError("the cuda target needs nvcc to build, and none was found",
                                "install the CUDA toolkit, put nvcc on PATH, or pass -O nvcc=/path/to/nvcc")
         prepared = prepare(graph, opts.compute_dtype)
-        program = plan_program(prepared, opts.local_fusion)
+        program = plan_program(prepared, opts.local_fusion, opts.norm_prologue)
         builder = NvccBuilder(nvcc, opts.archs, Path(knobs.CACHE_DIR.get()), opts.max_parallel_builds)
         sources = generate_sources(program, opts.archs, opts.cuda_graphs, builder.jobs)
         library = builder.build(sources.units, sources.headers)

@@ -65,6 +65,9 @@ class CudaOptions(TargetOptions):
     # Fuse elementwise chains, reduction prologues/epilogues and GEMM epilogues inside the backend
     # (on top of whatever fused groups the graph already has).
     local_fusion: bool = True
+    # An RMSNorm read only by a linear of K <= NORM_PROLOGUE_MAX_K (plan.py) becomes that GEMM's prologue:
+    # no norm kernel, the GEMV sums the row's squares in its main loop (see plan.Planner.norm_prologue).
+    norm_prologue: bool = True
     # Keep int8 / int4 / fp8 linear weights quantized and dequantize them in the GEMV / CUDA-core
     # GEMM (off: such weights are expanded to float at compile time). Off by default until the
     # kernels have run on a GPU.

@@ -3,11 +3,16 @@
 The epilogue is every elementwise op the planner hung after the product (bias, activation,
 residual add, casts): generated expression code evaluated on each f32 accumulator, so the
 product is written once, already finished.
+
+A linear may also have an RMSNorm prologue (the planner's ``norm_prologue``): A is then computed
+from the norm's input as it is loaded. The GEMV sums each row's squares in its main loop and scales
+its dot products by 1/rms at the end; larger M stores the normalized A once into a workspace (one extra
+kernel) and runs the GEMM on it.
 """
 
 from __future__ import annotations
 
-from qjc.backends.cuda.cexpr import compute_ctype, ctype, product
+from qjc.backends.cuda.cexpr import c_float, compute_ctype, ctype, itemsize, product
 from qjc.backends.cuda.exprgen import IX, Index, Params
 from qjc.backends.cuda.kernels.base import KernelSource, Workspace, indent, render
 from qjc.backends.cuda.kernels.context import KernelContext
@@ -65,13 +70,57 @@ def _pair_epilogue(ctx: KernelContext, params: Params, outputs: list[Value], out
             "pair_outs": [{"ctype": ctype(v.type.dtype), "ptr": p} for v, p in zip(outputs, ptrs)]}
 
 
-def gemm_kernel(ctx: KernelContext, core: Node, outputs: list[Value]) -> KernelSource:
+def _norm_prologue(ctx: KernelContext, params: Params, norm: Node, a_val: Value) -> dict:
+    """Device code for A = chain(rms_norm(x)) at row ``m``, columns ``k .. k + VEC - 1``: the norm's
+    input there (for a row's sum of squares), A itself given the row's 1/rms and rounded to A's dtype as
+    a stored A would be (``normalized_a``: many rows, stored once), and A before the 1/rms (``load_a``:
+    the GEMVs scale their dot products instead; the planner checked that the chain only scales)."""
+    shape = a_val.type.shape
+
+    def generator():
+        gen = ctx.generator(params, [], vec="VEC")
+        lead = gen.delinearize(IX("m", 0), shape[:-1])
+        return gen, Index(flat=IX("(m * K_ + k)", 1), multi=tuple(lead) + (IX("k", 1),))
+
+    def chain(gen, index, x: str) -> str:
+        """A at ``index`` with the norm's output bound to ``x`` times the norm's own weight."""
+        y = x
+        if len(norm.inputs) > 1:
+            weight = norm.inputs[1]
+            y = f"({y} * {gen.value(weight, gen.broadcast_index(index, shape, weight.type.shape))})"
+        yv = gen.fresh("y")
+        gen.body.append(f"const {compute_ctype(norm.outputs[0].type.dtype)} {yv} = {y};")
+        gen.bind(norm.outputs[0], index, yv)
+        return gen.value(a_val, index)
+
+    g_in, index = generator()
+    g_in.body.append(f"x[lane] = {g_in.value(norm.inputs[0], index)};")
+    g_a, index = generator()
+    a_scaled = chain(g_a, index, f"({g_a.value(norm.inputs[0], index)} * rstd)")
+    g_a.body.append(f"x[lane] = q_cvt(q_store_cvt<ab_t>({a_scaled}));")
+    g_u, index = generator()
+    x_in = g_u.value(norm.inputs[0], index)
+    g_u.body.append(f"x[lane] = {chain(g_u, index, x_in)};")
+    g_u.body.append(f"ss += {x_in} * {x_in};")
+    read = sorted({int(params.ptr(v)[1:]) for v in params.values if v is not a_val})
+    return {"norm_in_pre": indent(g_in.pre, 2), "norm_in_body": indent(g_in.body, 4),
+            "norm_a_pre": indent(g_a.pre, 2), "norm_a_body": indent(g_a.body, 4),
+            "norm_u_pre": indent(g_u.pre, 2), "norm_u_body": indent(g_u.body, 4),
+            "norm_eps": c_float(norm.attrs.get("eps", 0.0), "float"), "norm_vec": 16 // itemsize(a_val.type.dtype),
+            # the prologue's loads are 16-byte vectors when its operands are aligned
+            "norm_aligned_host": " && ".join(f"q_aligned(p[{i}], 16)" for i in read) or "true"}
+
+
+def gemm_kernel(ctx: KernelContext, core: Node, outputs: list[Value], prologue: Node | None = None) -> KernelSource:
+    """``prologue``: an RMSNorm whose result reaches A through inline elementwise ops (the planner
+    checked the chain); A then has no buffer of its own."""
     a_val, b_val = core.inputs[0], core.inputs[1]
     bias = core.inputs[2] if core.op == "linear" and len(core.inputs) == 3 else None
     out = core.outputs[0]
     dtype = a_val.type.dtype
     params = Params()
-    a_ptr = params.ptr(a_val)
+    norm = _norm_prologue(ctx, params, prologue, a_val) if prologue is not None else None
+    a_ptr = None if norm is not None else params.ptr(a_val)
     quant = None
     if b_val.type.dtype.is_quant:  # codes + scales (+ zeros), dequantized in registers as they load
         parts = ctx.quant_parts[id(b_val)]
@@ -154,7 +203,8 @@ def gemm_kernel(ctx: KernelContext, core: Node, outputs: list[Value]) -> KernelS
     if gemv and max_splits > 1:
         # partial sums of the K splits, and the arrival tickets of the last-block epilogue (one per
         # column block and 8-row chunk; zeroed once, the last block rearms its own)
-        workspaces.append(Workspace(f32, max_splits * gemv_rows * n_static))
+        # (+ each split's sums of squares per row under a norm prologue)
+        workspaces.append(Workspace(f32, max_splits * gemv_rows * (n_static + (norm is not None))))
         workspaces.append(Workspace(i32, -(-n_static // 8) * -(-gemv_rows // 8), persistent=True))
     if workspaces:
         ws_index = len(params.values)
@@ -165,6 +215,10 @@ def gemm_kernel(ctx: KernelContext, core: Node, outputs: list[Value]) -> KernelS
         splitk_ws = SPLITK_WORKSPACE_FLOATS
         splitk_ws_index = len(params.values) + len(workspaces)
         workspaces.append(Workspace(f32, splitk_ws))
+    a_index = int(a_ptr[1:]) if a_ptr is not None else -1
+    if norm is not None:  # the normalized A, stored once when M is too large for the GEMV
+        a_index = len(params.values) + len(workspaces)
+        workspaces.append(Workspace(dtype, product(a_shape)))
     nptr = len(params.values) + len(workspaces)
     acc_t = "float" if dtype.name in ("f32", "f16", "bf16") else ("double" if dtype.name == "f64" else "int64_t")
     source = render(
@@ -176,7 +230,7 @@ def gemm_kernel(ctx: KernelContext, core: Node, outputs: list[Value]) -> KernelS
         gemv_q=gemv_q, gemv_q_max_m=GEMV_Q_MAX_M, gemv_q_unroll=GEMV_Q_UNROLL, gemv_q_cols=GEMV_Q_COLS,
         max_splits=max_splits, ws_index=ws_index, tickets_index=tickets_index,
         splitk_ws=splitk_ws, splitk_ws_index=splitk_ws_index,
-        a_index=int(a_ptr[1:]), b_index=int(b_ptr[1:]),
+        a_index=a_index, b_index=int(b_ptr[1:]), norm_prologue=norm is not None, **(norm or {}),
         batch_code=batch_code, batch_aligned_host=batch_aligned,
         epi_decls=indent(params.declarations(), 2), epi_pre=indent(gen.pre, 2), epi_body=indent(gen.body, 2),
         **pair,

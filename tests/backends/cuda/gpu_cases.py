@@ -448,6 +448,28 @@ def fused_cases() -> list[Case]:
         g, u = m.x((7, 96)), m.x((7, 96))
         return fused(m, "geglu", [g, u], lambda s, a, b: s.op("mul", s.op("gelu", a, approximate="tanh"), b))
 
+    def norm_linear(shape):
+        """An RMSNorm read only by a linear: the GEMM normalizes A as it loads it (GEMV rows) or stores it
+        once first (more rows)."""
+        def make(m):
+            x, g, w = m.x(shape), m.x((576,)), m.x((96, 576))
+            return op(m, "linear", op(m, "rms_norm", x, g, eps=1e-6), w)
+
+        return make
+
+    def norm_gemm_residual(shape):
+        """The decoder's form: a fused norm group (norm, then the weight's product) feeding a fused
+        GEMM whose epilogue adds the residual."""
+        def make(m):
+            x, g, w, r = m.x(shape), m.x((576,)), m.x((96, 576)), m.x(shape[:-1] + (96,))
+            n = fused(m, "rms_norm", [x, g], lambda s, a, gg: s.op("mul", s.op("rms_norm", a, eps=1e-5), gg))[0]
+            return fused(m, "gemm", [n, w, r], lambda s, a, ww, rr: s.op("add", s.op("linear", a, ww), rr))
+
+        return make
+
+    def _rms(x, eps):
+        return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps)
+
     def mystery(m):
         a, b = m.x((4, 16, 8)), m.x((4, 8, 16))
         return fused(m, "some_future_kind", [a, b], lambda s, x, y: s.op(
@@ -464,6 +486,12 @@ def fused_cases() -> list[Case]:
         Case("fused_rope", rope, _rope_ref),
         Case("fused_swiglu", swiglu, lambda g, u: fn.silu(g) * u),
         Case("fused_geglu", geglu, lambda g, u: fn.gelu(g, approximate="tanh") * u),
+        Case("norm_linear_1row", norm_linear((1, 576)), lambda x, g, w: fn.linear(_rms(x, 1e-6) * g, w)),
+        Case("norm_linear_40rows", norm_linear((40, 576)), lambda x, g, w: fn.linear(_rms(x, 1e-6) * g, w)),
+        Case("norm_gemm_residual_5rows", norm_gemm_residual((5, 576)),
+             lambda x, g, w, r: fn.linear(_rms(x, 1e-5) * g, w) + r),
+        Case("norm_gemm_residual_2x20rows", norm_gemm_residual((2, 20, 576)),
+             lambda x, g, w, r: fn.linear(_rms(x, 1e-5) * g, w) + r),
         Case("fused_unknown_kind", mystery, lambda a, b: torch.softmax(a @ b, -1) + (a @ b).cumsum(2)),
     ]
 

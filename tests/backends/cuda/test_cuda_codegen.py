@@ -143,6 +143,48 @@ def test_local_fusion_groups_elementwise_chains_and_norm_prologues():
     assert len(unfused.steps) == 4
 
 
+def _norm_then_linear(extra_use: bool, shift: bool = False, width: int = 576) -> Graph:
+    g = Graph()
+    g.add_symbol("seq", 1, 64)
+    x = g.add_input("x", parse_type(f"bf16[1,seq,{width}]"))
+    gamma = g.add_input("g", parse_type(f"bf16[{width}]"))
+    w = g.add_input("w", parse_type(f"bf16[96,{width}]"))
+    n = g.op("mul", g.op("cast", g.op("rms_norm", g.op("cast", x, to="f32"), eps=1e-5), to="bf16"), gamma)
+    if shift:  # not a scaling of the norm's result: A != 1/rms * chain(x)
+        n = g.op("add", n, gamma)
+    y = g.op("add", g.op("linear", n, w), g.op("slice", x, starts=[0], ends=[96], axes=[2]))
+    g.set_outputs(*([y, n] if extra_use else [y]))
+    return g
+
+
+def test_rms_norm_read_only_by_a_linear_becomes_its_prologue():
+    program = plan_program(prepare(_norm_then_linear(False), None))
+    assert program.kernel_kinds() == {"gemm": 1}, "the norm has no kernel of its own"
+    src = next(iter(program.kernels.values())).code
+    # the GEMV sums the row's squares as it loads A and scales its dot products (also after a K split);
+    # more rows store the normalized A once
+    for construct in ("load_a<VEC>(a, A, (idx_t)m, k, lda, K, ss[m], x)", "ss += ",
+                      "norm_finish(split_sum(ws, M, N, m, n), split_ss(ws, M, N, m), K)",
+                      "q_launch(norm_rows<8>", "q_rsqrt_exact("):
+        assert construct in src, construct
+    # the normalized A's workspace holds every row (M is symbolic)
+    (kernel,) = program.kernels.values()
+    assert any(not ws.persistent and "seq" in str(ws.numel) and ws.dtype.name == "bf16" for ws in kernel.workspaces)
+    # a norm result used elsewhere keeps its own kernel
+    shared = plan_program(prepare(_norm_then_linear(True), None))
+    assert shared.kernel_kinds() == {"row_reduce": 1, "gemm": 1}
+    assert "norm_rows" not in "".join(k.code for k in shared.kernels.values())
+    # a chain that does more than scale keeps the norm kernel too
+    shifted = plan_program(prepare(_norm_then_linear(False, shift=True), None))
+    assert shifted.kernel_kinds() == {"row_reduce": 1, "gemm": 1}
+    # the option turns it off
+    off = plan_program(prepare(_norm_then_linear(False), None), norm_prologue=False)
+    assert off.kernel_kinds() == {"row_reduce": 1, "gemm": 1}
+    # rows wider than NORM_PROLOGUE_MAX_K keep the norm kernel (measured slower there)
+    wide = plan_program(prepare(_norm_then_linear(False, width=2048), None))
+    assert wide.kernel_kinds() == {"row_reduce": 1, "gemm": 1}
+
+
 def test_compute_dtype_keeps_the_signature():
     g = Graph()
     x = g.add_input("x", parse_type("f32[4,8]"))

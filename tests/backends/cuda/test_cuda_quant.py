@@ -41,13 +41,18 @@ def _fallback_k(scheme: QuantScheme) -> int | None:
     return 3 * group if group % epl else None
 
 
-def _graph(scheme: QuantScheme, shapes, rng) -> tuple[Graph, list[np.ndarray], list[np.ndarray]]:
-    """Independent linears x_i [m, K_i] -> [m, N_i]; their float64 weights and biases."""
+def _graph(scheme: QuantScheme, shapes, rng, norm_eps: float | None = None
+           ) -> tuple[Graph, list[np.ndarray], list[np.ndarray]]:
+    """Independent linears x_i [m, K_i] -> [m, N_i]; their float64 weights and biases. With
+    ``norm_eps``, each x_i first goes through an RMSNorm without weight (which the GEMM applies to A
+    as it loads it)."""
     g = Graph("qlinear")
     g.add_symbol("m", 1, 64)
     outs, weights, biases = [], [], []
     for i, (n, k) in enumerate(shapes):
         x = g.add_input(f"x{i}", parse_type(f"f32[m,{k}]"))
+        if norm_eps is not None:
+            x = g.op("rms_norm", x, eps=norm_eps)
         w = quantize(rng.standard_normal((n, k)), scheme)
         bias = rng.standard_normal(n).astype(np.float32)
         outs.append(g.op("linear", x, g.add_constant(f"w{i}", w, w.type), g.add_constant(f"bias{i}", bias)))
@@ -136,3 +141,31 @@ def test_fp8_mode_builds_with_quantized_kernels(tmp_path):
     plan = json.loads((out / "cuda" / "plan.json").read_text())
     assert {b["dtype"] for b in plan["buffers"] if b["name"] == "fc1.weight.f8e4m3c_f32"} == {"u8"}
     assert any("activations stay in float" in n for n in result.notes)
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("scheme", [SCHEMES[0], SCHEMES[1], SCHEMES[-1]], ids=lambda s: s.name)
+@pytest.mark.parametrize("dtype,tol", [("fp32", 1e-5), ("bf16", 2e-2)])
+def test_quantized_linear_after_rms_norm_matches_float64(tmp_path, scheme, dtype, tol):
+    """The RMSNorm in front of a quantized linear is the GEMM's prologue (no kernel of its own), on every
+    path: 16-byte GEMV for one row and 8-row chunks, CUDA-core GEMM on a stored normalized A for more."""
+    import torch
+
+    import qjc
+    from qjc.backends.cuda.options import arch_of_capability
+
+    rng = np.random.default_rng()
+    g, weights, biases = _graph(scheme, SHAPES, rng, norm_eps=1e-5)
+    out = tmp_path / "q.qjc"
+    engine = qjc.compile(g, target="cuda", archs=(arch_of_capability(*torch.cuda.get_device_capability()),),
+                         dtype=dtype, quant_kernels=True, out_dir=out)
+    assert "norm_rows" in _sources(out)
+    for m in ROWS:
+        xs = [rng.standard_normal((m, k)).astype(np.float32) * 3 for _, k in SHAPES]
+        got = engine(*xs)
+        for (n, k), x, w, bias, y in zip(SHAPES, xs, weights, biases, got):
+            x64 = x.astype(np.float64)
+            x64 = x64 / np.sqrt((x64 * x64).mean(-1, keepdims=True) + 1e-5)
+            want = x64 @ w.T + bias
+            err = np.abs(np.asarray(y, np.float64) - want).max() / np.abs(want).max()
+            assert err < tol, f"M={m} N={n} K={k}: relative error {err:.2e}"

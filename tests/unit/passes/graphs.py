@@ -228,3 +228,14 @@ def mlp(rng: np.random.Generator, rows: int) -> Graph:
     w2 = g.add_constant("head.weight", rng.standard_normal((16, 96)).astype(np.float32) * 0.2)
     g.set_outputs(g.op("linear", g.op("relu", g.op("linear", x, w1)), w2))
     return g
+
+
+def padded_prefill(prompts: Sequence[Sequence[int]]) -> tuple[np.ndarray, np.ndarray]:
+    """(tokens, positions) [batch, longest prompt] prefilling every prompt in one call of a paged
+    decoder: shorter prompts are padded with token 0 at position -1 (what the paged kernels skip)."""
+    width = max(map(len, prompts))
+    tokens = np.zeros((len(prompts), width), np.int64)
+    positions = np.full((len(prompts), width), -1, np.int64)
+    for b, p in enumerate(prompts):
+        tokens[b, : len(p)], positions[b, : len(p)] = p, np.arange(len(p))
+    return tokens, positions

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from graphs import padded_prefill
 
 from qjc.errors import QJCError
 from qjc.ir import Graph
@@ -77,11 +78,7 @@ def test_paged_matches_static_cache_for_different_lengths(decoders, order):
     table[1] = [0, 2, 4, 6, 8, 10]
     pools = [np.zeros(tuple(v.type.shape), np.float32) for v in paged.inputs[3:]]
     # prefill both in one call, the shorter prompt padded with position -1
-    width = max(map(len, prompts))
-    tokens = np.zeros((2, width), np.int64)
-    positions = np.full((2, width), -1, np.int64)
-    for b, p in enumerate(prompts):
-        tokens[b, : len(p)], positions[b, : len(p)] = p, np.arange(len(p))
+    tokens, positions = padded_prefill(prompts)
     last = [len(p) - 1 for p in prompts]
     for step in range(steps):
         logits, *pools = run(paged, [tokens, positions, table, *pools])

@@ -1,0 +1,209 @@
+"""KV-cache layout for ONNX decoders with past/present pairs: the same paged form PagedKVCache
+(kv_cache.py) gives the torch-exported static cache.
+
+What an exported decoder holds (one layer, after RecognizeDecomposed turned its attention into sdpa):
+
+    present.N.key   = concat(past_key_values.N.key, k) {axis=2}   # inputs [B, kv_heads, past, D]
+    present.N.value = concat(past_key_values.N.value, v) {axis=2}
+    o               = sdpa(q, present.N.key, present.N.value, mask)  # mask from attention_mask
+
+becomes
+
+    k_pool_N' = paged_kv_write(k_pool_N, block_table, positions, k)   # state, as PagedKVCache makes it
+    o         = paged_attention(q, k_pool_N', v_pool_N', block_table, positions)
+
+The past inputs, the present outputs and ``attention_mask`` leave the signature; ``position_ids``
+becomes the new input ``positions: i64[B, seq]`` (< 0 = padding), and ``block_table: i32[B,
+max_blocks]`` is added. The mask is dropped only where kv_cache_mask.py proves it is "key position
+<= query position, padding keys excluded"; otherwise the pass fails, naming the node. The result
+computes what the ONNX model computes whenever each sequence's tokens sit at positions 0, 1, ...
+with no left padding (``position_ids[b, s] == past_len + s``, padding only after a sequence's end),
+which is how the runtime feeds a paged decoder.
+
+The pool length comes from the ``max_seq`` option (the ONNX graph's past length is dynamic).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from qjc.errors import QJCError
+from qjc.ir import Graph
+from qjc.ir.dims import SymExpr
+from qjc.ir.dtypes import parse_dtype
+from qjc.ir.graph import Node, Value
+from qjc.ir.types import TensorType
+from qjc.passes.kv_cache import PagedLayout, _Rewriter, layout_from
+from qjc.passes.kv_cache_mask import MaskProver, check_causal_mask
+from qjc.passes.manager import PassContext
+
+
+class PagedKVCacheONNX:
+    name = "kv_cache_onnx"
+
+    def __init__(self, layout: PagedLayout | None = None, max_seq: int | None = None,
+                 position_input: str = "position_ids", mask_input: str = "attention_mask") -> None:
+        self.layout = layout  # None: decided by the context (backend preference + options)
+        self.max_seq = max_seq  # None: the max_seq option
+        self.position_input = position_input
+        self.mask_input = mask_input
+
+    def run(self, graph: Graph, ctx: PassContext) -> Graph:
+        layout = self.layout or layout_from(ctx)
+        if layout is None:
+            return graph
+        rewriter = _PastPresent(graph, layout, self.position_input, self.mask_input)
+        layers = rewriter.find()
+        if not layers:
+            return graph
+        max_seq = self.max_seq if self.max_seq is not None else ctx.options.get("max_seq")
+        if not isinstance(max_seq, int) or max_seq < 1:
+            raise rewriter.fail(f"the past/present cache of {layers[0].sdpa.label} has a dynamic length; the "
+                                f"paged pool needs the max_seq option (a positive int), got {max_seq!r}")
+        rewriter.rewrite(layers, max_seq, ctx.options.get("batch"))
+        ctx.note(self.name, f"{len(layers)} attention layer(s) on a paged cache: {rewriter.num_blocks} blocks of "
+                            f"{layout.block_size} ({layout.order}), {rewriter.max_blocks} per sequence")
+        return graph
+
+
+@dataclass
+class _Layer:
+    sdpa: Node
+    k_concat: Node
+    v_concat: Node
+
+
+class _PastPresent(_Rewriter):
+    """Reuses PagedKVCache's pool construction and manifest entry; finds and rewrites its own form."""
+
+    def __init__(self, graph: Graph, layout: PagedLayout, position_input: str, mask_input: str) -> None:
+        super().__init__(graph, layout)
+        by_name = {v.name: v for v in graph.inputs}
+        self.pos = by_name.get(position_input)
+        self.am = by_name.get(mask_input)
+        self.prover = MaskProver(graph, self.pos, self.am)  # one for all layers: they often share a mask
+
+    def fail(self, message: str) -> QJCError:
+        return QJCError(f"kv_cache_onnx: graph {self.g.name}: {message}")
+
+    # ---- matching ------------------------------------------------------------------------------
+    def _past_concat(self, v: Value) -> Node | None:
+        node = v.producer
+        if node is None or node.op != "concat" or len(node.inputs) != 2 or node.inputs[0] not in self.g.inputs:
+            return None
+        return node if node.inputs[0].type.rank == 4 else None
+
+    def find(self) -> list[_Layer]:
+        layers = []
+        for node in self.g.nodes:
+            if node.op != "sdpa":
+                continue
+            k, v = (self._past_concat(x) for x in node.inputs[1:3])
+            if k is None and v is None:
+                continue
+            if k is None or v is None:
+                raise self.fail(f"{node.label} reads only one of k / v from a past/present concat")
+            layers.append(_Layer(node, k, v))
+        for layer in layers:
+            self._check_layer(layer)
+        return layers
+
+    def _check_layer(self, layer: _Layer) -> None:
+        outputs = {id(o) for o in self.g.outputs}
+        for cat in (layer.k_concat, layer.v_concat):
+            past, new = cat.inputs
+            if cat.attrs["axis"] % 4 != 2:
+                raise self.fail(f"{cat.label} concatenates along axis {cat.attrs['axis']}; a paged cache needs "
+                                "past [B, kv_heads, past_len, head_dim] extended along axis 2")
+            if len(self.users.get(past, [])) != 1:
+                raise self.fail(f"the past input %{past.name} is read by more than {cat.label}")
+            others = [u.label for u in self.users.get(cat.outputs[0], []) if u is not layer.sdpa]
+            if others:
+                raise self.fail(f"the present value {cat.label} is read by {', '.join(others)}; a paged cache "
+                                "can only serve the attention")
+            if id(cat.outputs[0]) not in outputs:
+                raise self.fail(f"{cat.label} is not a graph output (present); not a past/present pair")
+            if tuple(past.type.shape[::3]) != tuple(new.type.shape[::3]) or past.type.shape[1] != new.type.shape[1]:
+                raise self.fail(f"{cat.label}: past {past.type} and new {new.type} differ in batch, heads or dim")
+        past_len = layer.k_concat.inputs[0].type.shape[2]
+        if layer.v_concat.inputs[0].type.shape[2] != past_len:
+            raise self.fail(f"{layer.sdpa.label}: past k and v have different lengths")
+        check_causal_mask(self.prover, layer.sdpa, past_len, self.fail)
+
+    # ---- rewriting -----------------------------------------------------------------------------
+    def rewrite(self, layers: list[_Layer], max_seq: int, batch_option) -> None:
+        g = self.g
+        q = layers[0].sdpa.inputs[0]
+        batch, seq = q.type.shape[0], q.type.shape[2]
+        bs = self.layout.block_size
+        self.max_blocks = math.ceil(max_seq / bs)
+        if self.layout.num_blocks is not None:
+            self.num_blocks = self.layout.num_blocks
+        elif isinstance(batch, int) or isinstance(batch_option, int):
+            self.num_blocks = (batch if isinstance(batch, int) else batch_option) * self.max_blocks
+        else:
+            raise self.fail(f"batch {batch} is dynamic: set the kv_blocks (pool size) or batch option")
+        if self.pos is not None and tuple(self.pos.type.shape) != (batch, seq):
+            raise self.fail(f"%{self.pos.name} is {self.pos.type}; expected [{batch}, {seq}] like the queries")
+        positions = g.add_input("positions", TensorType((batch, seq), parse_dtype("i64")))
+        table = g.add_input("block_table", TensorType((batch, self.max_blocks), parse_dtype("i32")))
+        if self.pos is not None:
+            g.replace_uses(self.pos, positions)
+        pools, updates = [], []
+        for i, layer in enumerate(layers):
+            new_kv = []
+            for which, cat in (("k", layer.k_concat), ("v", layer.v_concat)):
+                pool = self._pool(f"{which}_pool_{i}", cat.inputs[0])
+                pools.append(pool)
+                new_kv.append(g.op("paged_kv_write", pool, table, positions, cat.inputs[1], layout=self.layout.order))
+                updates.append(new_kv[-1])
+            sdpa = layer.sdpa
+            out = g.op("paged_attention", sdpa.inputs[0], *new_kv, table, positions,
+                       layout=self.layout.order, scale=sdpa.attrs.get("scale"))
+            g.replace_uses(sdpa.outputs[0], out)
+        presents = {id(c.outputs[0]) for layer in layers for c in (layer.k_concat, layer.v_concat)}
+        g.set_outputs(*[o for o in g.outputs if id(o) not in presents], *updates)
+        self._finish(layers, positions, table, pools)
+
+    def _pool(self, name: str, past: Value) -> Value:
+        _, heads, _, dim = past.type.shape
+        if not isinstance(heads, int) or not isinstance(dim, int):
+            raise self.fail(f"the past input %{past.name} ({past.type}) needs static kv heads and head dim")
+        bs, n = self.layout.block_size, self.num_blocks
+        shape = (n, heads, bs, dim) if self.layout.order == "bhsd" else (n, bs, heads, dim)
+        return self.g.add_input(name, TensorType(shape, past.type.dtype))
+
+    def _finish(self, layers: list[_Layer], positions: Value, table: Value, pools: list[Value]) -> None:
+        from qjc.passes.cleanup.dce import eliminate_dead_code
+
+        g = self.g
+        g.toposort()
+        eliminate_dead_code(g)
+        pasts = [c.inputs[0] for layer in layers for c in (layer.k_concat, layer.v_concat)]
+        dropped = pasts + [v for v in (self.pos, self.am) if v is not None]
+        users = g.users()
+        for v in dropped:
+            if users.get(v):
+                raise self.fail(f"%{v.name} is still used by {users[v][0].label} after the rewrite; a paged cache "
+                                "replaces only its uses by the cache, the mask and the rotary embedding")
+        new = [positions, table, *pools]
+        g.inputs = [v for v in g.inputs if v not in dropped and v not in new] + new
+        g.state = [p.name for p in pools]
+        g.forget_names(dropped)
+        self._drop_unused_symbols()
+        llm = g.meta.get("llm")
+        if llm is not None:
+            g.meta["llm"] = dict(llm, kv_cache=self.manifest_section(pools[0], llm.get("kv_cache", {})))
+
+    def _drop_unused_symbols(self) -> None:
+        """The past and mask lengths leave with their inputs; any op still sized by them is an error."""
+        g = self.g
+        live = {s for v in g.inputs for d in v.type.shape if isinstance(d, SymExpr) for s in d.symbols}
+        for node in g.nodes:
+            for v in node.outputs:
+                stray = {s for d in v.type.shape if isinstance(d, SymExpr) for s in d.symbols} - live
+                if stray:
+                    raise self.fail(f"{node.label} is sized by {', '.join(sorted(stray))}, a length only the "
+                                    "removed past / mask inputs gave")
+        g.symbols = {k: r for k, r in g.symbols.items() if k in live}

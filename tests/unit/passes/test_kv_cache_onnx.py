@@ -1,0 +1,228 @@
+"""The past/present KV-cache pass on the interpreter: a tiny Llama exported to ONNX with
+past_key_values, made paged, computes what onnxruntime computes on the original model (past and
+present threaded by hand), for a prompt plus decode steps, with two sequences of different lengths
+sharing one pool through scattered, interleaved blocks."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from graphs import padded_prefill
+
+from qjc.errors import QJCError
+from qjc.ir import Graph
+from qjc.ir.interpreter import run
+from qjc.passes.cleanup.canonicalize import Canonicalize
+from qjc.passes.cleanup.cse import CommonSubexpressionElimination
+from qjc.passes.cleanup.dce import DeadCodeElimination
+from qjc.passes.cleanup.fold import ConstantFolding
+from qjc.passes.fusion import RecognizeDecomposed
+from qjc.passes.kv_cache import PagedLayout
+from qjc.passes.kv_cache_onnx import PagedKVCacheONNX
+from qjc.passes.manager import PassContext, PassManager
+
+onnx = pytest.importorskip("onnx")
+ort = pytest.importorskip("onnxruntime")
+torch = pytest.importorskip("torch")
+transformers = pytest.importorskip("transformers")
+pytest.importorskip("onnxscript")  # torch.onnx.export(dynamo=True) needs it
+
+LAYERS, KV_HEADS, HEAD_DIM, VOCAB, MAX_SEQ = 2, 2, 8, 64, 24
+PAST_NAMES = [f"past_key_values.{i}.{kv}" for i in range(LAYERS) for kv in ("key", "value")]
+
+
+def _export_llama(path: str, seed: int) -> None:
+    """A random 2-layer GQA Llama (4 query / 2 kv heads, hidden 32) as ONNX with past/present pairs.
+    Eager attention: its matmul/softmax/matmul is what RecognizeDecomposed turns into sdpa."""
+    from transformers.cache_utils import DynamicCache
+
+    torch.manual_seed(seed)
+    cfg = transformers.LlamaConfig(num_hidden_layers=LAYERS, num_attention_heads=4, num_key_value_heads=KV_HEADS,
+                                   hidden_size=32, intermediate_size=48, vocab_size=VOCAB, max_position_embeddings=64)
+    cfg._attn_implementation = "eager"
+    model = transformers.LlamaForCausalLM(cfg).eval()
+    with torch.no_grad():  # weights large enough that attention is far from uniform
+        for name, p in model.named_parameters():
+            p.copy_(1 + 0.2 * torch.randn_like(p) if "norm" in name else 0.3 * torch.randn_like(p))
+
+    class Decoder(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.m = model
+
+        def forward(self, input_ids, attention_mask, position_ids, *past):
+            cache = DynamicCache(config=cfg)
+            for i in range(LAYERS):
+                cache.update(past[2 * i], past[2 * i + 1], i)
+            out = self.m(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                         past_key_values=cache, use_cache=True)
+            layers = out.past_key_values.layers
+            return (out.logits, *[t for layer in layers for t in (layer.keys, layer.values)])
+
+    b, s, p = 2, 3, 4
+    past = [torch.randn(b, KV_HEADS, p, HEAD_DIM) for _ in PAST_NAMES]
+    args = (torch.randint(0, VOCAB, (b, s)), torch.ones(b, p + s, dtype=torch.int64),
+            torch.arange(p, p + s)[None].expand(b, s), *past)
+    batch, seq, past_len = torch.export.Dim("batch"), torch.export.Dim("seq"), torch.export.Dim("past")
+    shapes = {"input_ids": {0: batch, 1: seq}, "attention_mask": {0: batch, 1: torch.export.Dim("total")},
+              "position_ids": {0: batch, 1: seq}, "past": tuple({0: batch, 2: past_len} for _ in PAST_NAMES)}
+    outputs = ["logits"] + [n.replace("past_key_values", "present") for n in PAST_NAMES]
+    program = torch.onnx.export(Decoder().eval(), args, dynamo=True, dynamic_shapes=shapes, verbose=False,
+                                input_names=["input_ids", "attention_mask", "position_ids", *PAST_NAMES],
+                                output_names=outputs)
+    program.save(path)
+
+
+@pytest.fixture(scope="module")
+def model_path(tmp_path_factory):
+    path = str(tmp_path_factory.mktemp("onnx_kv") / "llama_past_present.onnx")
+    _export_llama(path, int(np.random.default_rng().integers(1 << 30)))
+    return path
+
+
+def _imported(path_or_proto) -> Graph:
+    """The graph as the standard pipeline has it when the pass runs: cleaned, attention as sdpa."""
+    from qjc.frontends.onnx import from_onnx
+
+    passes = [Canonicalize(), ConstantFolding(), Canonicalize(), CommonSubexpressionElimination(),
+              DeadCodeElimination(), RecognizeDecomposed()]
+    return PassManager(passes).run(from_onnx(path_or_proto), PassContext())
+
+
+def _reference(session, prompt: list[int], follow: list[int]) -> list[np.ndarray]:
+    """onnxruntime on one sequence: logits of the prompt's tokens, then of each following token."""
+    past = {n: np.zeros((1, KV_HEADS, 0, HEAD_DIM), np.float32) for n in PAST_NAMES}
+    out, done = [], 0
+    for chunk in [prompt] + [[t] for t in follow]:
+        feeds = {"input_ids": np.asarray([chunk], np.int64),
+                 "attention_mask": np.ones((1, done + len(chunk)), np.int64),
+                 "position_ids": np.arange(done, done + len(chunk), dtype=np.int64)[None], **past}
+        logits, *present = session.run(None, feeds)
+        past = dict(zip(PAST_NAMES, present))
+        out.append(logits[0])
+        done += len(chunk)
+    return out
+
+
+@pytest.mark.parametrize("order", ["bhsd", "bshd"])
+def test_paged_matches_onnxruntime_for_different_lengths(model_path, order):
+    paged = PassManager([PagedKVCacheONNX(PagedLayout(block_size=4, num_blocks=16, order=order))]).run(
+        _imported(model_path), PassContext(options={"max_seq": MAX_SEQ}))
+    names = [v.name for v in paged.inputs]
+    assert names[:3] == ["input_ids", "positions", "block_table"] and len(names) == 3 + len(PAST_NAMES)
+    assert paged.state == names[3:] and len(paged.outputs) == 1 + len(PAST_NAMES)
+    assert not any(n.op in ("sdpa", "concat") and n.inputs[0].name.startswith("past") for n in paged.nodes)
+    assert sum(n.op == "paged_attention" for n in paged.nodes) == LAYERS
+
+    rng = np.random.default_rng()
+    session = ort.InferenceSession(model_path, providers=["CPUExecutionProvider"])
+    prompts = [list(rng.integers(0, VOCAB, 7)), list(rng.integers(0, VOCAB, 3))]
+    steps = 5
+    follow = [list(rng.integers(0, VOCAB, steps)) for _ in prompts]
+    want = [_reference(session, p, f) for p, f in zip(prompts, follow)]
+
+    # scattered, interleaved blocks: sequence 0 gets odd blocks backwards, sequence 1 even ones
+    table = np.asarray([[15, 13, 11, 9, 7, 5], [0, 2, 4, 6, 8, 10]], np.int32)
+    pools = [np.zeros(tuple(v.type.shape), np.float32) for v in paged.inputs[3:]]
+    # prefill both in one call, the shorter prompt padded with position -1
+    tokens, positions = padded_prefill(prompts)
+    for step in range(steps + 1):
+        logits, *pools = run(paged, [tokens, positions, table, *pools])
+        for b, p in enumerate(prompts):
+            rows = logits[b, : len(p)] if step == 0 else logits[b, :1]
+            ref = want[b][step]
+            np.testing.assert_allclose(rows, ref, rtol=1e-4, atol=1e-4 * float(np.abs(ref).max()))
+        if step < steps:
+            tokens = np.asarray([[f[step]] for f in follow], np.int64)
+            positions = np.asarray([[len(p) + step] for p in prompts], np.int64)
+
+
+def _tampered(path: str, edit) -> Graph:
+    proto = onnx.load(path)
+    node = next(n for n in proto.graph.node if n.op_type == "LessOrEqual")
+    edit(node)
+    return _imported(proto)
+
+
+def _strict(node) -> None:
+    node.op_type = "Less"  # key < query: a query no longer sees itself
+
+
+def _anti_causal(node) -> None:
+    node.input[0], node.input[1] = node.input[1], node.input[0]
+
+
+@pytest.mark.parametrize("edit", [_strict, _anti_causal])
+def test_mask_that_is_not_causal_is_refused_naming_the_node(model_path, edit):
+    g = _tampered(model_path, edit)
+    mask_node = next(n for n in g.nodes if n.op in ("lt", "le"))
+    with pytest.raises(QJCError, match="not provably causal") as info:
+        PagedKVCacheONNX(PagedLayout(), max_seq=MAX_SEQ).run(g, PassContext())
+    assert f"%{mask_node.outputs[0].name} = {mask_node.op}" in str(info.value)
+    assert "sdpa" in str(info.value)
+
+
+def test_mask_with_an_unknown_op_is_refused_naming_it(model_path):
+    g = _imported(model_path)
+    cond = next(n for n in g.nodes if n.op == "where" and n.outputs[0].type.dtype.is_float)
+    flipped = g.op("logical_not", g.op("logical_not", cond.inputs[0]))  # the same mask, beyond the proof
+    cond.inputs[0] = flipped
+    g.toposort()
+    with pytest.raises(QJCError, match=f"%{flipped.name} = logical_not"):
+        PagedKVCacheONNX(PagedLayout(), max_seq=MAX_SEQ).run(g, PassContext())
+
+
+def test_missing_max_seq_is_a_clear_error(model_path):
+    with pytest.raises(QJCError, match="max_seq option"):
+        PagedKVCacheONNX(PagedLayout()).run(_imported(model_path), PassContext())
+
+
+def test_dynamic_batch_needs_a_pool_size(model_path):
+    with pytest.raises(QJCError, match="kv_blocks"):
+        PagedKVCacheONNX(PagedLayout(), max_seq=MAX_SEQ).run(_imported(model_path), PassContext())
+    g = PagedKVCacheONNX(PagedLayout(block_size=8), max_seq=MAX_SEQ).run(
+        _imported(model_path), PassContext(options={"batch": 3}))
+    assert tuple(g.inputs[3].type.shape) == (3 * 3, KV_HEADS, 8, HEAD_DIM)  # every row can reach max_seq
+
+
+def test_contiguous_targets_keep_past_and_present(model_path):
+    g = PagedKVCacheONNX().run(_imported(model_path), PassContext(options={"max_seq": MAX_SEQ}))
+    assert [v.name for v in g.inputs][3:] == PAST_NAMES
+
+
+def _position_masked_attention(past: int, seq: int) -> Graph:
+    """One attention layer whose mask is key <= position_ids[b, q] (not the cache index)."""
+    from qjc.ir import TensorType
+    from qjc.ir.dtypes import parse_dtype
+
+    f32, i64 = parse_dtype("f32"), parse_dtype("i64")
+    g = Graph("position_masked")
+    q = g.add_input("q", TensorType((1, 4, seq, HEAD_DIM), f32))
+    new = [g.add_input(n, TensorType((1, KV_HEADS, seq, HEAD_DIM), f32)) for n in ("k", "v")]
+    pos = g.add_input("position_ids", TensorType((1, seq), i64))
+    pasts = [g.add_input(n, TensorType((1, KV_HEADS, past, HEAD_DIM), f32)) for n in PAST_NAMES[:2]]
+    k, v = (g.op("concat", p, x, axis=2) for p, x in zip(pasts, new))
+    keys = g.op("unsqueeze", g.op("iota", shape=[past + seq], dtype=i64), axes=[0, 1, 2])
+    visible = g.op("le", keys, g.op("unsqueeze", pos, axes=[1, 3]))
+    mask = g.op("where", visible, g.add_constant("zero", np.asarray(0, np.float32)),
+                    g.add_constant("fill", np.asarray(-1e9, np.float32)))
+    g.set_outputs(g.op("sdpa", q, k, v, mask, scale=0.5), k, v)
+    return g
+
+
+def test_mask_by_position_ids_is_proven_and_paged():
+    rng = np.random.default_rng()
+    past, seq = 4, 2
+    original = _position_masked_attention(past, seq)
+    paged = PagedKVCacheONNX(PagedLayout(block_size=2, num_blocks=5), max_seq=8).run(original.copy(), PassContext())
+    assert [v.name for v in paged.inputs[:5]] == ["q", "k", "v", "positions", "block_table"]
+    table = np.asarray([[4, 1, 3, 0]], np.int32)
+    kv = [rng.standard_normal((1, KV_HEADS, past + seq, HEAD_DIM)).astype(np.float32) for _ in range(2)]
+    pools = [np.zeros(tuple(t.type.shape), np.float32) for t in paged.inputs[5:]]
+    for start in range(0, past + seq, seq):  # fill the pool as the past, then the step that is compared
+        q = rng.standard_normal((1, 4, seq, HEAD_DIM)).astype(np.float32)
+        part = [x[:, :, start: start + seq] for x in kv]
+        positions = np.arange(start, start + seq)[None]
+        got, *pools = run(paged, [q, *part, positions, table, *pools])
+    want = run(original, [q, *part, positions, kv[0][:, :, :past], kv[1][:, :, :past]])[0]
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
