@@ -289,7 +289,7 @@ def run_qjc(model_dir: Path, work: Path, batch: int, args, device: torch.device)
     import qjc
 
     max_seq = args.context + args.steps + args.warmup + 16
-    out_dir = work / f"qjc-b{batch}"
+    out_dir = work / f"qjc-{model_dir.name}-b{batch}"  # one directory per artifact (see qjc/runtime/library.py)
     log(f"  qjc: building {model_dir.name} for cuda, bf16, batch {batch}, max_seq {max_seq}")
     t0 = time.perf_counter()
     qjc.api.build(str(model_dir), str(out_dir), target="cuda", dtype="bf16", max_seq=max_seq, batch=batch,

@@ -33,7 +33,7 @@ def run_mode(model_dir: Path, work: Path, mode: str, batch: int, args) -> dict[s
     import qjc
 
     max_seq = args.context + args.steps + args.warmup + 16
-    out_dir = work / f"{mode}-b{batch}"
+    out_dir = work / f"{model_dir.name}-{mode}-b{batch}"  # one directory per artifact
     t0 = time.perf_counter()
     result = qjc.api.build(str(model_dir), str(out_dir), target="cuda", dtype="bf16", max_seq=max_seq, batch=batch,
                            quant=mode, group_size=args.group_size, quant_kernels=mode != "none")

@@ -18,6 +18,7 @@ from qjc.backends.cpu.tvm_env import configure_threads, import_tvm, missing_cpu_
 from qjc.backends.cpu.weights import ParamSpec, load_param
 from qjc.errors import ArtifactError, BackendError
 from qjc.runtime.engine import Engine
+from qjc.runtime.library import path_to_load
 
 LIBRARY_FILE = "model.so"
 
@@ -35,9 +36,10 @@ class CpuEngine(Engine):
         self._tvm = tvm = import_tvm()
         options = artifact.manifest.get("target_options") or {}
         self.threads = configure_threads(int(options.get("threads", 0) or 0))
-        library = artifact.file(entries.get("library", LIBRARY_FILE))
+        relative = entries.get("library", LIBRARY_FILE)
+        library = artifact.file(relative)
         try:
-            module = tvm.runtime.load_module(str(library))
+            module = tvm.runtime.load_module(str(path_to_load(library, artifact.manifest["files"][relative])))
         except Exception as e:  # TVM raises its own error types for unloadable libraries
             raise ArtifactError(f"{library}: TVM could not load the library: {e}") from None
         self._vm = tvm.runtime.vm.VirtualMachine(module, tvm.cpu())

@@ -21,6 +21,7 @@ from qjc.backends.cuda.llm_runtime import NativeGenerator, bind_llm
 from qjc.errors import BackendError, QJCError
 from qjc.ir.dtypes import parse_dtype
 from qjc.runtime.engine import Engine
+from qjc.runtime.library import load_library
 
 _I64P = ctypes.POINTER(ctypes.c_int64)
 
@@ -83,9 +84,10 @@ class CudaEngine(Engine):
     def __init__(self, artifact: Artifact) -> None:
         super().__init__(artifact)
         entries = artifact.backend_entries
-        library = artifact.file(entries.get("library", "cuda/libqjc_engine.so"))
+        relative = entries.get("library", "cuda/libqjc_engine.so")
+        library = artifact.file(relative)
         try:
-            self._lib = ctypes.CDLL(str(library))
+            self._lib = load_library(library, artifact.manifest["files"][relative])
         except OSError as e:
             raise BackendError(f"cannot load {library}: {e}") from None
         _bind(self._lib)

@@ -168,3 +168,29 @@ def test_a_symbol_seen_only_inside_an_input_dim_is_bound_from_it(tmp_path) -> No
 def build_and_load(graph: Graph, out):
     build(graph, out, target="cpu", optimize=False)
     return load(out)
+
+
+def _activation_graph(activation: str, w: np.ndarray) -> Graph:
+    g = Graph("act")
+    g.add_symbol("n", 1, 64)
+    x = g.add_input("x", TensorType((N, 16), f32))
+    g.set_outputs(g.op(activation, g.op("linear", x, g.add_constant("w", w))))
+    return g
+
+
+def test_an_artifact_rebuilt_at_the_same_path_runs_its_own_library(tmp_path) -> None:
+    """The dynamic loader returns an already-loaded library for a path it has seen, even once the file
+    there was replaced: a second model built into the same directory must still run its own code."""
+    rng = np.random.default_rng()
+    x = rng.standard_normal((3, 16)).astype(np.float32)
+    out = tmp_path / "same.qjc"
+    engines = []
+    for activation, ref in (("relu", lambda h: np.maximum(h, 0)), ("tanh", np.tanh)):
+        w = rng.standard_normal((8, 16)).astype(np.float32)
+        build(_activation_graph(activation, w), out, target="cpu", optimize=False)
+        engine = load(out)
+        engines.append(engine)  # keep the first library loaded, as a long-running process would
+        got = engine(x)
+        got = got[0] if isinstance(got, list) else got
+        np.testing.assert_allclose(got, ref(x.astype(np.float64) @ w.T.astype(np.float64)), rtol=1e-4, atol=1e-5,
+                                   err_msg=activation)
