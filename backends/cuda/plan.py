@@ -499,8 +499,15 @@ class Planner:
                 self.forced.add(id(e.value))
                 continue
             order = self.schedule(plans, sources, mat)
-            if order is None:  # a co-produced value made a cycle: plan without co-production
-                self.forced |= {id(v) for p in plans for v in p.co_outputs}
+            if order is None:
+                # a co-produced value or a merged epilogue made a cycle (the merged kernel also reads a
+                # value computed from the host's result): plan without them
+                co = {id(v) for p in plans for v in p.co_outputs}
+                merged = {id(v) for p in plans for v in p.extra_outputs}
+                if not co and not merged:
+                    raise BackendError("cuda lowering: the kernels depend on each other in a cycle")
+                self.forced |= co
+                self.no_merge |= merged
                 continue
             return self.build_program(mat, [plans[i] for i in order], [sources[i] for i in order])
         raise BackendError("cuda lowering did not converge")  # pragma: no cover

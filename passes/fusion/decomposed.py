@@ -78,8 +78,15 @@ _GELU_ERF = _half_x_times(op("add", op("erf", Alt((op("mul", x, Const("r", 1.0 /
 
 _SQUARE = Alt((op("mul", x, x), op("pow", x, Const("two", 2.0))))
 _MEAN_SQUARE = op("mean", _SQUARE, keepdims=True, as_="ms")
-_RMS_NORM = Alt((op("mul", x, op("rsqrt", op("add", _MEAN_SQUARE, Const("eps")))),
-                 op("div", x, op("sqrt", op("add", _MEAN_SQUARE, Const("eps"))))))
+def _inverse_root_forms(numerator, variance):
+    """numerator / sqrt(variance + eps) as exporters write it: rsqrt, a division, or (torch.onnx) a
+    reciprocal of the square root."""
+    root = op("sqrt", op("add", variance, Const("eps")))
+    return Alt((op("mul", numerator, op("rsqrt", op("add", variance, Const("eps")))), op("div", numerator, root),
+                op("mul", numerator, op("reciprocal", root))))
+
+
+_RMS_NORM = _inverse_root_forms(x, _MEAN_SQUARE)
 
 
 def _rms_norm(m: Match, graph: Graph, ctx: PassContext) -> Value | None:
@@ -93,8 +100,7 @@ def _rms_norm(m: Match, graph: Graph, ctx: PassContext) -> Value | None:
 _CENTERED = op("sub", x, op("mean", x, keepdims=True, as_="mu"), as_="c")
 _VARIANCE = op("mean", Alt((op("mul", Var("c"), Var("c")), op("pow", Var("c"), Const("two", 2.0)))),
                keepdims=True, as_="var")
-_LAYER_NORM = Alt((op("mul", _CENTERED, op("rsqrt", op("add", _VARIANCE, Const("eps")))),
-                   op("div", _CENTERED, op("sqrt", op("add", _VARIANCE, Const("eps"))))))
+_LAYER_NORM = _inverse_root_forms(_CENTERED, _VARIANCE)
 
 
 def _layer_norm(m: Match, graph: Graph, ctx: PassContext) -> Value | None:

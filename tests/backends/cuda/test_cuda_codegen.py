@@ -185,6 +185,20 @@ def test_rms_norm_read_only_by_a_linear_becomes_its_prologue():
     assert wide.kernel_kinds() == {"row_reduce": 1, "gemm": 1}
 
 
+def test_an_epilogue_merge_that_would_close_a_cycle_is_undone():
+    """y = h * rsqrt(mean(h * h)) after a GEMM that stores h: merging y's kernel into the GEMM's epilogue
+    would make the GEMM wait for the mean, which waits for the GEMM (an ONNX-exported RMSNorm before the
+    rule for its spelling existed planned forever); the planner keeps that kernel apart instead."""
+    g = Graph()
+    x = g.add_input("x", parse_type("f32[4,64]"))
+    w = g.add_input("w", parse_type("f32[64,64]"))
+    h = g.op("linear", x, w)
+    m = g.op("mean", g.op("mul", h, h), axes=[1], keepdims=True)
+    g.set_outputs(g.op("mul", h, g.op("rsqrt", m)), h)
+    program = plan_program(prepare(g, None))
+    assert program.kernel_kinds() == {"gemm": 1, "row_reduce": 1, "elementwise": 1}
+
+
 def test_compute_dtype_keeps_the_signature():
     g = Graph()
     x = g.add_input("x", parse_type("f32[4,8]"))

@@ -130,6 +130,34 @@ def test_rms_norm_from_the_hf_llama_form_takes_its_weight() -> None:
     assert ctx.log == ["recognize_decomposed: rms_norm_absorbs_weight x1, rms_norm_from_rsqrt_of_mean_square x1"]
 
 
+def test_rms_norm_from_the_torch_onnx_form_with_a_reciprocal_square_root() -> None:
+    """torch.onnx writes rsqrt as Reciprocal(Sqrt(...)) and the square as Pow(x, 2)."""
+    _, ctx = check_rewrite(recognize(), (
+        "graph main(%x: f32[2,3,32]) {\n"
+        "  const %w: f32[32]\n"
+        "  const %two: f32[] = 2.0\n"
+        "  const %eps: f32[] = 9.999999747378752e-06\n"
+        "  %sq: f32[2,3,32] = pow(%x, %two)\n"
+        "  %ms: f32[2,3,1] = mean(%sq) {axes=[2], keepdims=true}\n"
+        "  %v: f32[2,3,1] = add(%ms, %eps)\n"
+        "  %s: f32[2,3,1] = sqrt(%v)\n"
+        "  %r: f32[2,3,1] = reciprocal(%s)\n"
+        "  %n: f32[2,3,32] = mul(%x, %r)\n"
+        "  %y: f32[2,3,32] = mul(%w, %n)\n"
+        "  return %y\n"
+        "}\n"
+    ), (
+        "graph main(%x: f32[2,3,32]) {\n"
+        "  const %w: f32[32]\n"
+        "  const %two: f32[] = 2.0\n"
+        "  const %eps: f32[] = 9.999999747378752e-06\n"
+        "  %y: f32[2,3,32] = rms_norm(%x, %w) {axis=2, eps=9.999999747378752e-06}\n"
+        "  return %y\n"
+        "}\n"
+    ), weights(0, w=(32,)))
+    assert ctx.log == ["recognize_decomposed: rms_norm_absorbs_weight x1, rms_norm_from_rsqrt_of_mean_square x1"]
+
+
 def test_rms_norm_in_bf16_keeps_the_casts_and_the_weight_multiply() -> None:
     # HF computes the norm in f32 and multiplies by the bf16 weight after rounding back: the casts
     # and the multiply stay (fusion puts them in the norm's group), only the f32 core is one op.

@@ -226,3 +226,23 @@ def test_mask_by_position_ids_is_proven_and_paged():
         got, *pools = run(paged, [q, *part, positions, table, *pools])
     want = run(original, [q, *part, positions, kv[0][:, :, :past], kv[1][:, :, :past]])[0]
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+
+
+def test_the_paged_onnx_decoder_builds_for_cuda(model_path, tmp_path):
+    """Through the standard pipeline for cuda: past/present become the paged pool, the exporter's RMSNorm
+    spelling is recognized (no lone reductions left), and the kernels plan and compile."""
+    import json
+
+    from qjc.api import build
+    from qjc.backends.cuda.nvcc import find_nvcc
+
+    if find_nvcc() is None:
+        pytest.skip("nvcc is not installed")
+    out = tmp_path / "onnx_decoder.qjc"
+    result = build(model_path, out, target="cuda", archs=("sm_90a",), dtype="bf16", max_seq=MAX_SEQ, batch=2)
+    assert any(n.startswith("kv_cache_onnx: 2 attention layer(s)") for n in result.notes)
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["state"] == [f"{kv}_pool_{i}" for i in range(LAYERS) for kv in ("k", "v")]
+    assert not any(name.startswith("past_key_values") for name in (s["name"] for s in manifest["signature"]["inputs"]))
+    kinds = manifest["backend"]["kernel_kinds"]
+    assert kinds.get("paged_attention") and kinds.get("paged_kv_write") and "row_reduce" not in kinds
