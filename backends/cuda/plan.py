@@ -269,12 +269,15 @@ class Planner:
                 or a.type.dtype.name not in ("f32", "f16", "bf16")):
             return None
         shape = tuple(a.type.shape)
-        v = a
+        v, consumer = a, linear
         while True:
             if id(v) in self.output_ids or id(v) in self.forced or len(self.users.get(id(v), [])) != 1:
                 return None
             node = v.producer
             if node is None or not self.fusing(node):
+                return None
+            # every link must be computed inside the GEMM's kernel, else A would get no buffer and no writer
+            if consumer is not linear and not self._computed_inline(node, consumer):
                 return None
             if node.op == "rms_norm":
                 rank = len(shape)
@@ -282,10 +285,20 @@ class Planner:
             if node.op not in SCALING_OPS or tuple(node.outputs[0].type.shape) != shape:
                 return None
             same = [u for u in node.inputs if tuple(u.type.shape) == shape]
-            if (len(same) != 1 or (node.op == "div" and node.inputs[0] is not v)
-                    or not node.outputs[0].type.dtype.is_float):
+            if len(same) != 1 or (node.op == "div" and node.inputs[0] is not same[0]):
                 return None
-            v = same[0]
+            # the GEMV rounds casts of x * weight before it scales by 1/rms: only casts to types with
+            # f32's range (an unnormalized row may overflow f16)
+            if node.op == "cast" and node.outputs[0].type.dtype.name not in ("f32", "bf16", "f64"):
+                return None
+            consumer, v = node, same[0]
+
+    def _computed_inline(self, producer: Node, consumer: Node) -> bool:
+        """Whether the planner computes ``producer``'s result inside ``consumer``'s kernel: a norm as the
+        core of the elementwise ops after it (as ``_absorbable`` decides), anything else as ``joins``."""
+        if producer.op == "rms_norm":
+            return self.region(consumer) == self.region(producer) or (self.local_fusion and self.soft(consumer))
+        return self.joins(producer, consumer)
 
     def _absorbable(self, core: Node) -> bool:
         if core.op not in EPILOGUE_CORES or not self.fusing(core):

@@ -10,15 +10,28 @@ seen before is loaded from a copy named after its hash.
 
 from __future__ import annotations
 
+import atexit
 import ctypes
+import hashlib
 import shutil
 import tempfile
 import threading
 from pathlib import Path
 
+from qjc.errors import ArtifactError
+
 _loaded: dict[str, str] = {}  # resolved path -> SHA-256 of the library first loaded from it
 _lock = threading.Lock()
-_copies = Path(tempfile.gettempdir()) / "qjc-engine-libraries"
+_copies: Path | None = None  # this process's own directory (mode 0700): nobody else can plant a library
+
+
+def _copy_dir() -> Path:
+    global _copies
+    if _copies is None:
+        _copies = Path(tempfile.mkdtemp(prefix="qjc-engine-libraries-"))
+        # a loaded library's file may go: the loader keeps its mapping
+        atexit.register(shutil.rmtree, _copies, True)
+    return _copies
 
 
 def path_to_load(library: Path, digest: str) -> Path:
@@ -26,15 +39,15 @@ def path_to_load(library: Path, digest: str) -> Path:
     key = str(library.resolve())
     with _lock:
         first = _loaded.setdefault(key, digest)
-    if first == digest:
-        return library
-    copy = _copies / f"{digest}{library.suffix}"
-    if not copy.is_file():
-        _copies.mkdir(parents=True, exist_ok=True)
-        partial = copy.with_name(f"{copy.name}.{threading.get_ident()}.part")
-        shutil.copyfile(library, partial)
-        partial.replace(copy)
-    return copy
+        if first == digest:
+            return library
+        copy = _copy_dir() / f"{digest}{library.suffix}"
+        if not copy.is_file():
+            data = library.read_bytes()
+            if hashlib.sha256(data).hexdigest() != digest:  # changed since the artifact's hashes were checked
+                raise ArtifactError(f"{library} changed while it was being loaded", "load the artifact again")
+            copy.write_bytes(data)
+        return copy
 
 
 def load_library(library: Path, digest: str) -> ctypes.CDLL:

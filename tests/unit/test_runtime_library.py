@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from qjc.errors import ArtifactError
 from qjc.runtime.library import load_library, path_to_load
 
 CC = shutil.which("cc") or shutil.which("gcc")
@@ -37,6 +38,9 @@ def test_same_content_loads_in_place_new_content_from_a_copy(tmp_path) -> None:
     lib.write_bytes(b"second")
     copy = path_to_load(lib, _digest(lib))
     assert copy != lib and copy.read_bytes() == b"second" and _digest(lib) in copy.name
+    lib.write_bytes(b"third")  # the file no longer has the content its artifact's manifest promised
+    with pytest.raises(ArtifactError, match="changed while it was being loaded"):
+        path_to_load(lib, "0" * 64)
 
 
 @pytest.mark.skipif(CC is None, reason="no C compiler to build the test libraries")

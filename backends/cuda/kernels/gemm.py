@@ -13,7 +13,7 @@ kernel) and runs the GEMM on it.
 from __future__ import annotations
 
 from qjc.backends.cuda.cexpr import c_float, compute_ctype, ctype, itemsize, product
-from qjc.backends.cuda.exprgen import IX, Index, Params
+from qjc.backends.cuda.exprgen import IX, Index, NotFusable, Params
 from qjc.backends.cuda.kernels.base import KernelSource, Workspace, indent, render
 from qjc.backends.cuda.kernels.context import KernelContext
 from qjc.backends.cuda.kernels.epilogue import store_accumulator
@@ -119,6 +119,8 @@ def gemm_kernel(ctx: KernelContext, core: Node, outputs: list[Value], prologue: 
     out = core.outputs[0]
     dtype = a_val.type.dtype
     params = Params()
+    if prologue is None and not ctx.materialized(a_val):  # the planner expected a prologue it did not wire up
+        raise NotFusable(a_val, "a GEMM operand needs a buffer")
     norm = _norm_prologue(ctx, params, prologue, a_val) if prologue is not None else None
     a_ptr = None if norm is not None else params.ptr(a_val)
     quant = None

@@ -185,6 +185,51 @@ def test_rms_norm_read_only_by_a_linear_becomes_its_prologue():
     assert wide.kernel_kinds() == {"row_reduce": 1, "gemm": 1}
 
 
+def _every_read_has_a_writer(program) -> bool:
+    """Each buffer a step reads is an input / weight / state, or written by an earlier step."""
+    written = {b.id for b in program.buffers if b.kind in ("input", "weight", "state", "workspace")}
+    for step in program.steps:
+        kernel = program.kernels[step.kernel]
+        writes = {step.operands[i] for i, v in enumerate(kernel.operands) if v in kernel.writes}
+        reads = set(step.operands[:len(kernel.operands)]) - writes
+        if not reads <= written:
+            return False
+        written |= writes
+    return True
+
+
+def test_norm_prologue_only_where_the_whole_chain_is_computed_in_the_gemm():
+    """A norm group whose weight product sits outside it: the product's result is a buffer the norm
+    kernel writes (no prologue). A cast of the chain to f16 could overflow before the GEMV scales by
+    1/rms: no prologue either. A quotient by a weight only scales: prologue."""
+    g = Graph()
+    x = g.add_input("x", parse_type("bf16[1,4,64]"))
+    gamma = g.add_input("g", parse_type("bf16[64]"))
+    w = g.add_input("w", parse_type("bf16[32,64]"))
+    sub = Graph("rn")
+    a0 = sub.add_input("a0", x.type)
+    sub.set_outputs(sub.op("cast", sub.op("rms_norm", sub.op("cast", a0, to="f32"), eps=1e-5), to="bf16"))
+    (n,) = g.add_node("fused", [x], {"kind": "rms_norm", "name": "rn"}, subgraph=sub)
+    g.set_outputs(g.op("linear", g.op("mul", n, gamma), w))
+    program = plan_program(prepare(g, None))
+    assert program.kernel_kinds() == {"row_reduce": 1, "gemm": 1} and _every_read_has_a_writer(program)
+
+    h = Graph()
+    x = h.add_input("x", parse_type("f32[2,64]"))
+    gamma = h.add_input("g", parse_type("f32[64]"))
+    w = h.add_input("w", parse_type("f16[32,64]"))
+    h.set_outputs(h.op("linear", h.op("cast", h.op("rms_norm", x, gamma, eps=1e-5), to="f16"), w))
+    assert plan_program(prepare(h, None)).kernel_kinds() == {"row_reduce": 1, "gemm": 1}
+
+    q = Graph()
+    x = q.add_input("x", parse_type("bf16[2,64]"))
+    gamma = q.add_input("g", parse_type("bf16[64]"))
+    w = q.add_input("w", parse_type("bf16[32,64]"))
+    q.set_outputs(q.op("linear", q.op("div", q.op("rms_norm", x, eps=1e-5), gamma), w))
+    program = plan_program(prepare(q, None))
+    assert program.kernel_kinds() == {"gemm": 1} and _every_read_has_a_writer(program)
+
+
 def test_an_epilogue_merge_that_would_close_a_cycle_is_undone():
     """y = h * rsqrt(mean(h * h)) after a GEMM that stores h: merging y's kernel into the GEMM's epilogue
     would make the GEMM wait for the mean, which waits for the GEMM (an ONNX-exported RMSNorm before the
