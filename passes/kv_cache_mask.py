@@ -212,6 +212,11 @@ class MaskProver:
         if any(s != 0 for s in attrs["starts"]) or any(s != 1 for s in (attrs["steps"] or [])):
             return None
         axes = {a % x.type.rank for a in (attrs["axes"] or range(len(attrs["starts"])))}
+        shrunk = {a for a in axes if v.type.shape[a] != x.type.shape[a]}
+        # position_ids[:, :1] or attention_mask[:1] broadcast back would read one sequence's or one
+        # query's values for all: the terms that read an input carry no extent to check, so refuse
+        if shrunk & _input_axes(e):
+            return None
         return _with_extents(e, {a: v.type.shape[a] for a in axes})
 
     def _gathered_padding(self, node: Node, v: Value):
@@ -235,6 +240,23 @@ class MaskProver:
         if [p.type.shape[src.attrs["axis"]] for p in src.inputs] != list(node.attrs["sizes"]):
             return None
         return self.of(src.inputs[k])
+
+
+def _input_axes(e) -> set[int]:
+    """Axes along which ``e`` reads position_ids or the attention mask (not an iota it can track)."""
+    def of_index(i: Index) -> set[int]:
+        return set(i.base[1:]) if i.base is not None and i.base[0] == "pos" else set()
+
+    if isinstance(e, Index):
+        return of_index(e)
+    if isinstance(e, Additive):
+        return _input_axes(e.cond)
+    if isinstance(e, Conj):
+        axes: set[int] = set()
+        for a in e.atoms:
+            axes |= of_index(a.a) | of_index(a.b) if isinstance(a, Le) else {a.b_axis}
+        return axes
+    return set()
 
 
 def _with_extents(e, extents: dict[int, Dim]):

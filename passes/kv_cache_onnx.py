@@ -21,6 +21,13 @@ with no left padding (``position_ids[b, s] == past_len + s``, padding only after
 which is how the runtime feeds a paged decoder.
 
 The pool length comes from the ``max_seq`` option (the ONNX graph's past length is dynamic).
+
+Only a concat of a past input along axis 2 whose result is a graph output read by nothing but its
+attention counts as a cache; anything else (an encoder's memory tokens given as an input, say) is left
+alone. Where the pair cannot be paged (a mask the proof does not understand, a static shape it does
+not cover), the standard pipeline's instance leaves the whole graph as it was and says why in a note,
+so the model still compiles with its caches as ordinary inputs and outputs; ``strict=True`` raises
+instead.
 """
 
 from __future__ import annotations
@@ -43,16 +50,27 @@ class PagedKVCacheONNX:
     name = "kv_cache_onnx"
 
     def __init__(self, layout: PagedLayout | None = None, max_seq: int | None = None,
-                 position_input: str = "position_ids", mask_input: str = "attention_mask") -> None:
+                 position_input: str = "position_ids", mask_input: str = "attention_mask",
+                 strict: bool = False) -> None:
         self.layout = layout  # None: decided by the context (backend preference + options)
         self.max_seq = max_seq  # None: the max_seq option
         self.position_input = position_input
         self.mask_input = mask_input
+        self.strict = strict  # False: a cache that cannot be paged leaves the graph as it was, with a note
 
     def run(self, graph: Graph, ctx: PassContext) -> Graph:
         layout = self.layout or layout_from(ctx)
         if layout is None:
             return graph
+        if self.strict:
+            return self._page(graph, layout, ctx)
+        try:  # on a copy: a failure half way leaves nothing changed
+            return self._page(graph.copy(), layout, ctx)
+        except QJCError as e:
+            ctx.note(self.name, f"caches left unpaged: {e}")
+            return graph
+
+    def _page(self, graph: Graph, layout: PagedLayout, ctx: PassContext) -> Graph:
         rewriter = _PastPresent(graph, layout, self.position_input, self.mask_input)
         layers = rewriter.find()
         if not layers:
@@ -95,37 +113,24 @@ class _PastPresent(_Rewriter):
         return node if node.inputs[0].type.rank == 4 else None
 
     def find(self) -> list[_Layer]:
-        layers = []
-        for node in self.g.nodes:
-            if node.op != "sdpa":
-                continue
-            k, v = (self._past_concat(x) for x in node.inputs[1:3])
-            if k is None and v is None:
-                continue
-            if k is None or v is None:
-                raise self.fail(f"{node.label} reads only one of k / v from a past/present concat")
-            layers.append(_Layer(node, k, v))
+        """The attentions that read a past/present pair for both k and v; other sdpas stay as they are."""
+        layers = [_Layer(node, k, v) for node in self.g.nodes if node.op == "sdpa"
+                  for k, v in [[self._past_concat(x) for x in node.inputs[1:3]]]
+                  if k is not None and v is not None and self._is_cache(k, node) and self._is_cache(v, node)]
         for layer in layers:
             self._check_layer(layer)
         return layers
 
+    def _is_cache(self, cat: Node, sdpa: Node) -> bool:
+        """past [B, kv_heads, past_len, D] extended along axis 2 into a present output only ``sdpa`` reads."""
+        past, new = cat.inputs
+        return (cat.attrs["axis"] % 4 == 2 and len(self.users.get(past, [])) == 1
+                and id(cat.outputs[0]) in {id(o) for o in self.g.outputs}
+                and all(u is sdpa for u in self.users.get(cat.outputs[0], []))
+                and tuple(past.type.shape[::3]) == tuple(new.type.shape[::3])
+                and past.type.shape[1] == new.type.shape[1])
+
     def _check_layer(self, layer: _Layer) -> None:
-        outputs = {id(o) for o in self.g.outputs}
-        for cat in (layer.k_concat, layer.v_concat):
-            past, new = cat.inputs
-            if cat.attrs["axis"] % 4 != 2:
-                raise self.fail(f"{cat.label} concatenates along axis {cat.attrs['axis']}; a paged cache needs "
-                                "past [B, kv_heads, past_len, head_dim] extended along axis 2")
-            if len(self.users.get(past, [])) != 1:
-                raise self.fail(f"the past input %{past.name} is read by more than {cat.label}")
-            others = [u.label for u in self.users.get(cat.outputs[0], []) if u is not layer.sdpa]
-            if others:
-                raise self.fail(f"the present value {cat.label} is read by {', '.join(others)}; a paged cache "
-                                "can only serve the attention")
-            if id(cat.outputs[0]) not in outputs:
-                raise self.fail(f"{cat.label} is not a graph output (present); not a past/present pair")
-            if tuple(past.type.shape[::3]) != tuple(new.type.shape[::3]) or past.type.shape[1] != new.type.shape[1]:
-                raise self.fail(f"{cat.label}: past {past.type} and new {new.type} differ in batch, heads or dim")
         past_len = layer.k_concat.inputs[0].type.shape[2]
         if layer.v_concat.inputs[0].type.shape[2] != past_len:
             raise self.fail(f"{layer.sdpa.label}: past k and v have different lengths")
@@ -146,7 +151,11 @@ class _PastPresent(_Rewriter):
             raise self.fail(f"batch {batch} is dynamic: set the kv_blocks (pool size) or batch option")
         if self.pos is not None and tuple(self.pos.type.shape) != (batch, seq):
             raise self.fail(f"%{self.pos.name} is {self.pos.type}; expected [{batch}, {seq}] like the queries")
-        positions = g.add_input("positions", TensorType((batch, seq), parse_dtype("i64")))
+        # the model's own position dtype (i32 or i64, both of which the paged ops take): its other uses
+        # (the rotary embedding) read the new input in its place
+        pos_dtype = self.pos.type.dtype if self.pos is not None and self.pos.type.dtype.name == "i32" else \
+            parse_dtype("i64")
+        positions = g.add_input("positions", TensorType((batch, seq), pos_dtype))
         table = g.add_input("block_table", TensorType((batch, self.max_blocks), parse_dtype("i32")))
         if self.pos is not None:
             g.replace_uses(self.pos, positions)

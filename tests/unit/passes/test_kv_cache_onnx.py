@@ -12,6 +12,7 @@ from graphs import padded_prefill
 from qjc.errors import QJCError
 from qjc.ir import Graph
 from qjc.ir.interpreter import run
+from qjc.ir.verifier import verify
 from qjc.passes.cleanup.canonicalize import Canonicalize
 from qjc.passes.cleanup.cse import CommonSubexpressionElimination
 from qjc.passes.cleanup.dce import DeadCodeElimination
@@ -157,9 +158,15 @@ def test_mask_that_is_not_causal_is_refused_naming_the_node(model_path, edit):
     g = _tampered(model_path, edit)
     mask_node = next(n for n in g.nodes if n.op in ("lt", "le"))
     with pytest.raises(QJCError, match="not provably causal") as info:
-        PagedKVCacheONNX(PagedLayout(), max_seq=MAX_SEQ).run(g, PassContext())
+        PagedKVCacheONNX(PagedLayout(), max_seq=MAX_SEQ, strict=True).run(g, PassContext())
     assert f"%{mask_node.outputs[0].name} = {mask_node.op}" in str(info.value)
     assert "sdpa" in str(info.value)
+    # the pipeline's lenient instance leaves the graph as it was and says why
+    before = [v.name for v in g.inputs]
+    ctx = PassContext()
+    kept = PagedKVCacheONNX(PagedLayout(), max_seq=MAX_SEQ).run(g, ctx)
+    assert kept is g and [v.name for v in kept.inputs] == before
+    assert any("caches left unpaged" in n and f"%{mask_node.outputs[0].name}" in n for n in ctx.log)
 
 
 def test_mask_with_an_unknown_op_is_refused_naming_it(model_path):
@@ -169,17 +176,17 @@ def test_mask_with_an_unknown_op_is_refused_naming_it(model_path):
     cond.inputs[0] = flipped
     g.toposort()
     with pytest.raises(QJCError, match=f"%{flipped.name} = logical_not"):
-        PagedKVCacheONNX(PagedLayout(), max_seq=MAX_SEQ).run(g, PassContext())
+        PagedKVCacheONNX(PagedLayout(), max_seq=MAX_SEQ, strict=True).run(g, PassContext())
 
 
 def test_missing_max_seq_is_a_clear_error(model_path):
     with pytest.raises(QJCError, match="max_seq option"):
-        PagedKVCacheONNX(PagedLayout()).run(_imported(model_path), PassContext())
+        PagedKVCacheONNX(PagedLayout(), strict=True).run(_imported(model_path), PassContext())
 
 
 def test_dynamic_batch_needs_a_pool_size(model_path):
     with pytest.raises(QJCError, match="kv_blocks"):
-        PagedKVCacheONNX(PagedLayout(), max_seq=MAX_SEQ).run(_imported(model_path), PassContext())
+        PagedKVCacheONNX(PagedLayout(), max_seq=MAX_SEQ, strict=True).run(_imported(model_path), PassContext())
     g = PagedKVCacheONNX(PagedLayout(block_size=8), max_seq=MAX_SEQ).run(
         _imported(model_path), PassContext(options={"batch": 3}))
     assert tuple(g.inputs[3].type.shape) == (3 * 3, KV_HEADS, 8, HEAD_DIM)  # every row can reach max_seq
@@ -190,8 +197,12 @@ def test_contiguous_targets_keep_past_and_present(model_path):
     assert [v.name for v in g.inputs][3:] == PAST_NAMES
 
 
-def _position_masked_attention(past: int, seq: int) -> Graph:
-    """One attention layer whose mask is key <= position_ids[b, q] (not the cache index)."""
+def _position_masked_attention(past: int, seq: int, pos_dtype: str = "i64", first_query_only: bool = False,
+                               presents: bool = True) -> Graph:
+    """One attention layer whose mask is key <= position_ids[b, q] (not the cache index). Variants:
+    positions in i32 with one more use (as a rotary embedding would have); a mask that reads only the
+    first query's position for every query (not causal); k / v concatenated with inputs that are not
+    returned (an encoder's memory tokens, not a cache)."""
     from qjc.ir import TensorType
     from qjc.ir.dtypes import parse_dtype
 
@@ -199,22 +210,45 @@ def _position_masked_attention(past: int, seq: int) -> Graph:
     g = Graph("position_masked")
     q = g.add_input("q", TensorType((1, 4, seq, HEAD_DIM), f32))
     new = [g.add_input(n, TensorType((1, KV_HEADS, seq, HEAD_DIM), f32)) for n in ("k", "v")]
-    pos = g.add_input("position_ids", TensorType((1, seq), i64))
+    pos = g.add_input("position_ids", TensorType((1, seq), parse_dtype(pos_dtype)))
     pasts = [g.add_input(n, TensorType((1, KV_HEADS, past, HEAD_DIM), f32)) for n in PAST_NAMES[:2]]
     k, v = (g.op("concat", p, x, axis=2) for p, x in zip(pasts, new))
     keys = g.op("unsqueeze", g.op("iota", shape=[past + seq], dtype=i64), axes=[0, 1, 2])
-    visible = g.op("le", keys, g.op("unsqueeze", pos, axes=[1, 3]))
+    query_pos = g.op("cast", pos, to="i64")
+    if first_query_only:
+        query_pos = g.op("expand", g.op("slice", query_pos, starts=[0], ends=[1], axes=[1]), shape=[1, seq])
+    visible = g.op("le", keys, g.op("unsqueeze", query_pos, axes=[1, 3]))
     mask = g.op("where", visible, g.add_constant("zero", np.asarray(0, np.float32)),
                     g.add_constant("fill", np.asarray(-1e9, np.float32)))
-    g.set_outputs(g.op("sdpa", q, k, v, mask, scale=0.5), k, v)
+    out = g.op("sdpa", q, k, v, mask, scale=0.5)
+    if pos_dtype == "i32":  # another reader of the positions, in their own dtype
+        shifted = g.op("cast", g.op("add", pos, g.add_constant("one", np.asarray(1, np.int32))), to="f32")
+        out = g.op("mul", out, g.op("unsqueeze", shifted, axes=[1, 3]))
+    g.set_outputs(out, k, v) if presents else g.set_outputs(out)
     return g
 
 
-def test_mask_by_position_ids_is_proven_and_paged():
+def test_a_mask_reading_one_query_position_for_all_is_not_causal():
+    g = _position_masked_attention(4, 2, first_query_only=True)
+    with pytest.raises(QJCError, match="not provably causal"):
+        PagedKVCacheONNX(PagedLayout(block_size=2, num_blocks=5), max_seq=8, strict=True).run(g.copy(), PassContext())
+
+
+def test_inputs_concatenated_into_an_attention_without_presents_are_no_cache():
+    g = _position_masked_attention(4, 2, presents=False)
+    before = [v.name for v in g.inputs]
+    kept = PagedKVCacheONNX(PagedLayout(block_size=2, num_blocks=5), max_seq=8, strict=True).run(g, PassContext())
+    assert [v.name for v in kept.inputs] == before
+
+
+@pytest.mark.parametrize("pos_dtype", ["i64", "i32"])
+def test_mask_by_position_ids_is_proven_and_paged(pos_dtype):
     rng = np.random.default_rng()
     past, seq = 4, 2
-    original = _position_masked_attention(past, seq)
-    paged = PagedKVCacheONNX(PagedLayout(block_size=2, num_blocks=5), max_seq=8).run(original.copy(), PassContext())
+    original = _position_masked_attention(past, seq, pos_dtype)
+    paged = PagedKVCacheONNX(PagedLayout(block_size=2, num_blocks=5), max_seq=8, strict=True).run(
+        original.copy(), PassContext())
+    verify(paged)
     assert [v.name for v in paged.inputs[:5]] == ["q", "k", "v", "positions", "block_table"]
     table = np.asarray([[4, 1, 3, 0]], np.int32)
     kv = [rng.standard_normal((1, KV_HEADS, past + seq, HEAD_DIM)).astype(np.float32) for _ in range(2)]
@@ -222,7 +256,7 @@ def test_mask_by_position_ids_is_proven_and_paged():
     for start in range(0, past + seq, seq):  # fill the pool as the past, then the step that is compared
         q = rng.standard_normal((1, 4, seq, HEAD_DIM)).astype(np.float32)
         part = [x[:, :, start: start + seq] for x in kv]
-        positions = np.arange(start, start + seq)[None]
+        positions = np.arange(start, start + seq)[None].astype(np.dtype(pos_dtype.replace("i", "int")))
         got, *pools = run(paged, [q, *part, positions, table, *pools])
     want = run(original, [q, *part, positions, kv[0][:, :, :past], kv[1][:, :, :past]])[0]
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
