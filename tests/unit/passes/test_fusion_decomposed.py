@@ -7,6 +7,7 @@ same outputs before and after on fresh random inputs.
 from __future__ import annotations
 
 import numpy as np
+import pytest
 from graphs import check_rewrite, parse, random_inputs, weights
 
 from qjc.ir.printer import print_graph
@@ -118,40 +119,34 @@ LLAMA_RMS_NORM = (
 )
 
 
-def test_rms_norm_from_the_hf_llama_form_takes_its_weight() -> None:
-    _, ctx = check_rewrite(recognize(), LLAMA_RMS_NORM, (
+# torch.onnx writes rsqrt as Reciprocal(Sqrt(...)) and the square as Pow(x, 2)
+TORCH_ONNX_RMS_NORM = (
+    "graph main(%x: f32[2,3,32]) {\n"
+    "  const %w: f32[32]\n"
+    "  const %two: f32[] = 2.0\n"
+    "  const %eps: f32[] = 9.999999974752427e-07\n"
+    "  %sq: f32[2,3,32] = pow(%x, %two)\n"
+    "  %ms: f32[2,3,1] = mean(%sq) {axes=[2], keepdims=true}\n"
+    "  %v: f32[2,3,1] = add(%ms, %eps)\n"
+    "  %s: f32[2,3,1] = sqrt(%v)\n"
+    "  %r: f32[2,3,1] = reciprocal(%s)\n"
+    "  %n: f32[2,3,32] = mul(%x, %r)\n"
+    "  %y: f32[2,3,32] = mul(%w, %n)\n"
+    "  return %y\n"
+    "}\n"
+)
+
+
+@pytest.mark.parametrize("before,extra_consts",
+                         [(LLAMA_RMS_NORM, ""), (TORCH_ONNX_RMS_NORM, "  const %two: f32[] = 2.0\n")],
+                         ids=["hf_llama", "torch_onnx"])
+def test_rms_norm_from_decomposed_forms_takes_its_weight(before, extra_consts) -> None:
+    _, ctx = check_rewrite(recognize(), before, (
         "graph main(%x: f32[2,3,32]) {\n"
         "  const %w: f32[32]\n"
+        f"{extra_consts}"
         "  const %eps: f32[] = 9.999999974752427e-07\n"
         "  %y: f32[2,3,32] = rms_norm(%x, %w) {axis=2, eps=9.999999974752427e-07}\n"
-        "  return %y\n"
-        "}\n"
-    ), weights(0, w=(32,)))
-    assert ctx.log == ["recognize_decomposed: rms_norm_absorbs_weight x1, rms_norm_from_rsqrt_of_mean_square x1"]
-
-
-def test_rms_norm_from_the_torch_onnx_form_with_a_reciprocal_square_root() -> None:
-    """torch.onnx writes rsqrt as Reciprocal(Sqrt(...)) and the square as Pow(x, 2)."""
-    _, ctx = check_rewrite(recognize(), (
-        "graph main(%x: f32[2,3,32]) {\n"
-        "  const %w: f32[32]\n"
-        "  const %two: f32[] = 2.0\n"
-        "  const %eps: f32[] = 9.999999747378752e-06\n"
-        "  %sq: f32[2,3,32] = pow(%x, %two)\n"
-        "  %ms: f32[2,3,1] = mean(%sq) {axes=[2], keepdims=true}\n"
-        "  %v: f32[2,3,1] = add(%ms, %eps)\n"
-        "  %s: f32[2,3,1] = sqrt(%v)\n"
-        "  %r: f32[2,3,1] = reciprocal(%s)\n"
-        "  %n: f32[2,3,32] = mul(%x, %r)\n"
-        "  %y: f32[2,3,32] = mul(%w, %n)\n"
-        "  return %y\n"
-        "}\n"
-    ), (
-        "graph main(%x: f32[2,3,32]) {\n"
-        "  const %w: f32[32]\n"
-        "  const %two: f32[] = 2.0\n"
-        "  const %eps: f32[] = 9.999999747378752e-06\n"
-        "  %y: f32[2,3,32] = rms_norm(%x, %w) {axis=2, eps=9.999999747378752e-06}\n"
         "  return %y\n"
         "}\n"
     ), weights(0, w=(32,)))
