@@ -120,6 +120,21 @@ def workloads():
     yield "SmolLM2-135M prefill 512", llama, (ids,), 512, attn, ids.numel() * 8 + 512 * 49152 * 2
 
 
+def own_gemm_ms(path, dev, iters: int) -> float:
+    """The same artifact with cuBLASLt turned off (QJC_CUBLASLT=0 while a fresh engine captures its graph):
+    qjc's own tensor-core GEMMs, for comparison."""
+    import os
+
+    import qjc
+
+    os.environ["QJC_CUBLASLT"] = "0"
+    try:
+        engine = qjc.load(path)
+        return cuda_time(lambda: engine(*dev), iters=iters)
+    finally:
+        del os.environ["QJC_CUBLASLT"]
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--compile-mode", default="max-autotune",
@@ -161,6 +176,8 @@ def main(argv: list[str] | None = None) -> int:
             result["qjc_rel_err_vs_eager"] = float((got - want).norm() / want.norm())
             result["qjc_ms"] = cuda_time(lambda e=engine, d=dev: e(*d), iters=args.iters)
             result["qjc_engine_ms"] = statistics.median(engine.benchmark([x.numpy() for x in inputs], 10, args.iters))
+            if engine.manifest["backend"].get("gemm_library") == "cublaslt":
+                result["qjc_own_gemm_ms"] = own_gemm_ms(engine.artifact.path, dev, args.iters)
             result["eager_ms"] = cuda_time(lambda m=module, d=dev: m(*d), iters=args.iters)
             if args.compile_mode != "none":
                 start = time.perf_counter()
@@ -191,6 +208,9 @@ def main(argv: list[str] | None = None) -> int:
               f"{r['eager_ms'] / r['qjc_ms']:10.2f}x{comp / r['qjc_ms']:9.2f}x"
               f"{100 * r['floor_ms'] / r['qjc_ms']:11.1f}%{100 * r['floor_ms'] / comp:11.1f}%")
     print("(ms, median; ratios > 1 mean qjc is faster; %floor = floor / time)")
+    for r in rows:
+        if "qjc_own_gemm_ms" in r:
+            print(f"{r['workload']}: qjc with its own GEMMs instead of cuBLASLt {r['qjc_own_gemm_ms']:.3f} ms")
     return 0
 
 

@@ -71,7 +71,7 @@ class CudaBackend(Backend):
         )
 
     def lower(self, graph: Graph, options: TargetOptions, out_dir: Path) -> dict[str, Any]:
-        from qjc.backends.cuda.codegen import HEADER_FILE, generate_sources
+        from qjc.backends.cuda.codegen import HEADER_FILE, generate_sources, uses_blaslt
         from qjc.backends.cuda.nvcc import NvccBuilder, find_nvcc
         from qjc.backends.cuda.plan import peak_arena_bytes, plan_program
         from qjc.backends.cuda.prepare import prepare
@@ -82,8 +82,14 @@ class CudaBackend(Backend):
             raise BackendError("the cuda target needs nvcc to build, and none was found",
                                "install the CUDA toolkit, put nvcc on PATH, or pass -O nvcc=/path/to/nvcc")
         prepared = prepare(graph, opts.compute_dtype)
-        program = plan_program(prepared, opts.local_fusion, opts.norm_prologue)
-        builder = NvccBuilder(nvcc, opts.archs, Path(knobs.CACHE_DIR.get()), opts.max_parallel_builds)
+        lt_include = _cublaslt_include(opts, nvcc)
+        program = plan_program(prepared, opts.local_fusion, opts.norm_prologue, blaslt=lt_include is not None)
+        if opts.gemm_library == "auto" and lt_include is None:
+            program.notes.append("cuBLASLt header not found (pip install nvidia-cublas, or a CUDA toolkit with "
+                                 "cuBLAS): large GEMMs use qjc's own tensor-core kernels")
+        blaslt = uses_blaslt(program)
+        builder = NvccBuilder(nvcc, opts.archs, Path(knobs.CACHE_DIR.get()), opts.max_parallel_builds,
+                              include_dirs=[lt_include] if blaslt else [], link_flags=["-ldl"] if blaslt else [])
         sources = generate_sources(program, opts.archs, opts.cuda_graphs, builder.jobs)
         library = builder.build(sources.units, sources.headers)
         out = Path(out_dir)
@@ -121,6 +127,8 @@ class CudaBackend(Backend):
             # graph state (a KV pool) stays on the device in this dtype (null: the graph's own)
             "state_dtype": opts.compute_dtype,
             "nvcc": builder.version,
+            # large-M GEMMs: cuBLASLt, opened by the engine at run time (qjc's kernels where it is missing)
+            "gemm_library": "cublaslt" if blaslt else "qjc",
             "notes": program.notes,
         }
 
@@ -132,6 +140,21 @@ class CudaBackend(Backend):
         if artifact.target != self.name:
             raise BackendError(f"artifact {artifact.path} is for target {artifact.target}, not {self.name}")
         return CudaEngine(artifact)
+
+
+def _cublaslt_include(opts: CudaOptions, nvcc: str) -> Path | None:
+    """cuBLASLt's include directory when the engine should call it, else None."""
+    from qjc.backends.cuda.cublaslt_paths import find_include
+
+    if opts.gemm_library == "qjc":
+        return None
+    found = find_include(nvcc)
+    if found is None and opts.gemm_library == "cublaslt":
+        raise BackendError("gemm_library=cublaslt, but cublasLt.h was not found next to nvcc, in $CUDA_HOME, "
+                           "/usr/local/cuda or an nvidia-cublas wheel",
+                           "pip install nvidia-cublas, set QJC_CUBLAS_INCLUDE to its directory, or pass "
+                           "-O gemm_library=qjc")
+    return found
 
 
 def _own(options: TargetOptions) -> CudaOptions:

@@ -137,11 +137,18 @@ def _group_kernels(names: list[str], program: Program, jobs: int) -> list[list[s
     return [sorted(b) for b in bins if b]
 
 
+def uses_blaslt(program: Program) -> bool:
+    """Whether a GEMM step may call cuBLASLt (then blaslt.cu is built and linked with -ldl)."""
+    return any(k.notes.get("blaslt") for k in program.kernels.values())
+
+
 def generate_sources(program: Program, archs: tuple[str, ...], cuda_graphs: bool, jobs: int = 2) -> Sources:
     units = []
     for k, names in enumerate(_group_kernels(sorted(program.kernels), program, jobs)):
         code = "\n".join(program.kernels[n].code for n in names)
         units.append(Unit(f"kernels_{k:02d}.cu", code))
+    if uses_blaslt(program):
+        units.append(Unit("blaslt.cu", render("blaslt.cu.j2")))
     llm = llm_loop_facts(program)
     if llm is not None:
         units.append(Unit("sampling.cu", render("sampling.cu.j2")))

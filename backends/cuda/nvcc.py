@@ -77,9 +77,12 @@ def _sha(*parts: str) -> str:
 
 
 class NvccBuilder:
-    def __init__(self, nvcc: str, archs: Sequence[str], cache_dir: Path, jobs: int = 0) -> None:
+    def __init__(self, nvcc: str, archs: Sequence[str], cache_dir: Path, jobs: int = 0,
+                 include_dirs: Sequence[Path] = (), link_flags: Sequence[str] = ()) -> None:
         self.nvcc = nvcc
         self.archs = tuple(archs)
+        self.include_dirs = tuple(str(d) for d in include_dirs)  # beside the sources' own directory
+        self.link_flags = tuple(link_flags)
         self.cache = Path(cache_dir) / "cuda"
         self.jobs = jobs or max(1, os.cpu_count() or 1)
         self.version = nvcc_version(nvcc)
@@ -87,14 +90,14 @@ class NvccBuilder:
         self.misses = 0
 
     def compile_flags(self) -> list[str]:
-        return [*COMMON_FLAGS, *gencode_flags(self.archs)]
+        return [*COMMON_FLAGS, *gencode_flags(self.archs), *(f for d in self.include_dirs for f in ("-I", d))]
 
     def build(self, units: Sequence[Unit], headers: dict[str, str]) -> Path:
         """Compile ``units`` (including ``headers``) and link them; the cached library's path."""
         header_text = "".join(f"{k}\n{v}" for k, v in sorted(headers.items()))
         flags = self.compile_flags()
         keys = [_sha(u.source, header_text, " ".join(flags), self.version) for u in units]
-        lib_key = _sha(*keys, "link", self.version)
+        lib_key = _sha(*keys, "link", *self.link_flags, self.version)
         lib = self.cache / "lib" / f"{lib_key}.so"
         if lib.is_file():
             self.hits += len(units)
@@ -117,7 +120,7 @@ class NvccBuilder:
         lib.parent.mkdir(parents=True, exist_ok=True)
         tmp = lib.with_suffix(f".tmp{os.getpid()}.so")
         cmd = [self.nvcc, "-shared", "-Xcompiler", "-fPIC", *gencode_flags(self.archs), "-o", str(tmp),
-               *map(str, objects)]
+               *map(str, objects), *self.link_flags]
         self._run(cmd, "linking the engine library")
         os.replace(tmp, lib)
         return lib

@@ -15,6 +15,7 @@ from qjc.backends.base import TargetOptions
 KNOWN_ARCHS = ("sm_80", "sm_86", "sm_89", "sm_90", "sm_90a")
 DTYPES = ("auto", "fp32", "fp16", "bf16")
 FALLBACK_ARCH = "sm_90a"
+GEMM_LIBRARIES = ("auto", "cublaslt", "qjc")
 
 
 def arch_of_capability(major: int, minor: int) -> str:
@@ -72,6 +73,11 @@ class CudaOptions(TargetOptions):
     # GEMM (off: such weights are expanded to float at compile time). Off by default until the
     # kernels have run on a GPU.
     quant_kernels: bool = False
+    # Large-M GEMMs of dense f32 / f16 / bf16 weights: "cublaslt" calls cuBLASLt (its header must be found at
+    # build time: a CUDA toolkit or the nvidia-cublas wheel; the engine opens the library at run time and
+    # falls back to qjc's kernels without it), "qjc" only qjc's own kernels, "auto" cuBLASLt where its
+    # header is found. M <= 8 (decode) always runs qjc's GEMV.
+    gemm_library: str = "auto"
 
     def __post_init__(self) -> None:
         archs = self.archs or default_archs()
@@ -84,6 +90,8 @@ class CudaOptions(TargetOptions):
         object.__setattr__(self, "archs", archs)
         if self.dtype not in DTYPES:
             raise ValueError(f"dtype must be one of {DTYPES}, got {self.dtype!r}")
+        if self.gemm_library not in GEMM_LIBRARIES:
+            raise ValueError(f"gemm_library must be one of {GEMM_LIBRARIES}, got {self.gemm_library!r}")
         if self.max_parallel_builds < 0:
             raise ValueError("max_parallel_builds must be >= 0")
 

@@ -112,8 +112,10 @@ class Program:
 
 
 class Planner:
-    def __init__(self, prepared: Prepared, local_fusion: bool, norm_prologue: bool = True) -> None:
+    def __init__(self, prepared: Prepared, local_fusion: bool, norm_prologue: bool = True,
+                 blaslt: bool = False) -> None:
         self.p = prepared
+        self.blaslt = blaslt
         self.g = prepared.graph
         self.local_fusion = local_fusion
         self.norm_prologues = norm_prologue
@@ -492,7 +494,8 @@ class Planner:
                 self.forced |= conflicts
                 continue
             plans = self.pair_cache_writes(self.merge_epilogues(self.co_produce(plans, mat)))
-            ctx = KernelContext(self.syms, self.ranges, lambda v, mat=mat: id(v) in mat, self.quant_parts)
+            ctx = KernelContext(self.syms, self.ranges, lambda v, mat=mat: id(v) in mat, self.quant_parts,
+                                self.blaslt)
             try:
                 sources = []
                 for p in plans:
@@ -687,8 +690,10 @@ class _Retry(Exception):
     """Plan again with what the last attempt learned."""
 
 
-def plan_program(prepared: Prepared, local_fusion: bool = True, norm_prologue: bool = True) -> Program:
-    return Planner(prepared, local_fusion, norm_prologue).plan()
+def plan_program(prepared: Prepared, local_fusion: bool = True, norm_prologue: bool = True,
+                 blaslt: bool = False) -> Program:
+    """``blaslt``: large-M GEMMs try cuBLASLt first (kernels/gemm.py)."""
+    return Planner(prepared, local_fusion, norm_prologue, blaslt).plan()
 
 
 # ---- arena layout (mirrored by the host engine's planner) ------------------------------------------

@@ -17,6 +17,7 @@ import numpy as np
 
 from qjc.artifact import Artifact
 from qjc.backends.cuda import dlpack
+from qjc.backends.cuda.cublaslt_paths import point_engine_at_library
 from qjc.backends.cuda.llm_runtime import NativeGenerator, bind_llm
 from qjc.errors import BackendError, QJCError
 from qjc.ir.dtypes import parse_dtype
@@ -86,6 +87,8 @@ class CudaEngine(Engine):
         entries = artifact.backend_entries
         relative = entries.get("library", "cuda/libqjc_engine.so")
         library = artifact.file(relative)
+        if entries.get("gemm_library") == "cublaslt":  # the engine opens cuBLASLt itself; tell it where
+            point_engine_at_library()
         try:
             self._lib = load_library(library, artifact.manifest["files"][relative])
         except OSError as e:

@@ -22,6 +22,8 @@ class KernelContext:
     materialized: Callable[[Value], bool]
     # id(quantized weight value) -> its QuantParts (kernels/quant_weights.py)
     quant_parts: dict[int, Any] = field(default_factory=dict)
+    # large-M dense GEMMs try cuBLASLt first (blaslt.cu), falling back to qjc's own kernels at run time
+    blaslt: bool = False
 
     def index_type(self, *extents: Dim) -> str:
         """int when every extent fits in 32 bits over the symbols' ranges (fast division)."""

@@ -29,6 +29,8 @@ GEMV_Q_UNROLL = (2, 2)  # 16-byte code loads per column each gemv_q lane keeps i
 GEMV_Q_COLS = 4  # columns per warp for one row: the converted activations serve all of them
 GEMV_SPLIT_MAX_N = 8192  # wider outputs fill the GPU without splitting K
 SPLITK_WORKSPACE_FLOATS = 1 << 21  # 8 MB of f32 partial sums; every GEMM step shares the bytes
+LT_WORKSPACE_FLOATS = 1 << 21  # cuBLASLt's scratch (8 MB) where a step has no split-K workspace to lend
+LT_TYPES = {"f32": 0, "f16": 1, "bf16": 2}  # QJC_LT_* in common.cuh
 
 
 
@@ -109,6 +111,39 @@ def _norm_prologue(ctx: KernelContext, params: Params, norm: Node, a_val: Value)
             "norm_eps": c_float(norm.attrs.get("eps", 0.0), "float"), "norm_vec": 16 // itemsize(a_val.type.dtype),
             # the prologue's loads are 16-byte vectors when its operands are aligned
             "norm_aligned_host": " && ".join(f"q_aligned(p[{i}], 16)" for i in read) or "true"}
+
+
+def _blaslt_facts(ctx: KernelContext, params: Params, workspaces: list[Workspace], core: Node,
+                  outputs: list[Value], bias: Value | None, folded: bool, o_shape, shared_ws: int | None) -> dict:
+    """Whether the launcher tries cuBLASLt first (dense f32 / f16 / bf16 weights, one batch of rows), and
+    how: straight into the output with cuBLASLt's bias epilogue when the step stores only the product
+    (+ bias), else an f32 product in a workspace that a generated epilogue kernel finishes. Appends the
+    workspaces it needs (cuBLASLt's own scratch reuses the split-K one where the step has it)."""
+    a_val, b_val, out = core.inputs[0], core.inputs[1], core.outputs[0]
+    dtype = a_val.type.dtype
+    operands = len(params.values)
+    if (not ctx.blaslt or not folded or dtype.name not in LT_TYPES or b_val.type.dtype != dtype
+            or out.type.dtype.name not in LT_TYPES):
+        return {"blaslt": False, "lt_direct": False}
+    direct = (len(outputs) == 1 and outputs[0] is out and out.type.dtype in (dtype, f32)
+              and (bias is None or (bias.type.dtype == out.type.dtype and bias.type.rank == 1
+                                    and ctx.materialized(bias))))
+    facts = {"blaslt": True, "lt_direct": direct, "lt_ab_type": LT_TYPES[dtype.name],
+             "lt_bias_index": -1, "lt_bias_type": -1}
+    if direct:
+        facts.update(lt_d_index=int(params.ptr(out, write=True)[1:]), lt_d_type=LT_TYPES[out.type.dtype.name])
+        if bias is not None:
+            facts.update(lt_bias_index=int(params.ptr(bias)[1:]), lt_bias_type=LT_TYPES[bias.type.dtype.name])
+    else:
+        facts.update(lt_d_index=len(params.values) + len(workspaces), lt_d_type=LT_TYPES["f32"])
+        workspaces.append(Workspace(f32, product(o_shape)))
+    if shared_ws is None:
+        shared_ws = len(params.values) + len(workspaces)
+        workspaces.append(Workspace(f32, LT_WORKSPACE_FLOATS))
+    facts.update(lt_ws_index=shared_ws, lt_ws_bytes=4 * min(LT_WORKSPACE_FLOATS, SPLITK_WORKSPACE_FLOATS))
+    if len(params.values) != operands:  # the workspace indices above assume the operand list is complete
+        raise AssertionError("cuBLASLt's operands must already be the step's operands")
+    return facts
 
 
 def gemm_kernel(ctx: KernelContext, core: Node, outputs: list[Value], prologue: Node | None = None) -> KernelSource:
@@ -221,6 +256,8 @@ def gemm_kernel(ctx: KernelContext, core: Node, outputs: list[Value], prologue: 
     if norm is not None:  # the normalized A, stored once when M is too large for the GEMV
         a_index = len(params.values) + len(workspaces)
         workspaces.append(Workspace(dtype, product(a_shape)))
+    lt = _blaslt_facts(ctx, params, workspaces, core, outputs, bias, folded, o_shape,
+                       splitk_ws_index if tensor_cores else None)
     nptr = len(params.values) + len(workspaces)
     acc_t = "float" if dtype.name in ("f32", "f16", "bf16") else ("double" if dtype.name == "f64" else "int64_t")
     source = render(
@@ -232,7 +269,7 @@ def gemm_kernel(ctx: KernelContext, core: Node, outputs: list[Value], prologue: 
         gemv_q=gemv_q, gemv_q_max_m=GEMV_Q_MAX_M, gemv_q_unroll=GEMV_Q_UNROLL, gemv_q_cols=GEMV_Q_COLS,
         max_splits=max_splits, ws_index=ws_index, tickets_index=tickets_index,
         splitk_ws=splitk_ws, splitk_ws_index=splitk_ws_index,
-        a_index=a_index, b_index=int(b_ptr[1:]), norm_prologue=norm is not None, **(norm or {}),
+        a_index=a_index, b_index=int(b_ptr[1:]), norm_prologue=norm is not None, **(norm or {}), **lt,
         batch_code=batch_code, batch_aligned_host=batch_aligned,
         epi_decls=indent(params.declarations(), 2), epi_pre=indent(gen.pre, 2), epi_body=indent(gen.body, 2),
         **pair,
@@ -241,4 +278,4 @@ def gemm_kernel(ctx: KernelContext, core: Node, outputs: list[Value], prologue: 
         ldb_host=ctx.host_dim(k_dim if b_nk else n_dim),
     )
     return KernelSource("gemm", source, list(params.values), list(outputs), workspaces,
-                        notes={"epilogue_ops": len(gen.body)})
+                        notes={"epilogue_ops": len(gen.body), "blaslt": lt["blaslt"]})

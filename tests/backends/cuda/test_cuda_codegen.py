@@ -291,3 +291,58 @@ def test_options_and_capabilities():
 
     with pytest.raises(BackendError):
         CudaBackend().lower(Graph(), NpuStubOptions(), None)
+
+
+def _lt_ctx(g: Graph, materialized) -> KernelContext:
+    return KernelContext(SymbolTable(g.symbols), {n: (r.lo, r.hi) for n, r in g.symbols.items()},
+                         lambda v: v in materialized, blaslt=True)
+
+
+def test_large_m_linear_calls_cublaslt_with_its_bias_epilogue_straight_into_the_output():
+    g = Graph()
+    g.add_symbol("seq", 1, 512)
+    x = g.add_input("x", parse_type("bf16[4,seq,64]"))
+    w = g.add_input("w", parse_type("bf16[128,64]"))
+    bias = g.add_input("bias", parse_type("bf16[128]"))
+    y = g.op("linear", x, w, bias)
+    k = gemm_kernel(_lt_ctx(g, {x, w, bias, y}), y.producer, [y]).finalize()
+    code = k.code
+    assert k.notes["blaslt"] and "qjc_lt_matmul(g, stream) == 0" in code
+    assert "g.d = p[2];" in code and "g.bias = p[3];" in code and "g.d_type = 2;" in code  # bf16 out, the bias fused
+    assert "lt_epilogue" not in code  # nothing left for a second kernel
+    # with M unknown until run time, qjc's own GEMV (M <= 8) comes first; the tensor-core GEMM is the fallback
+    assert code.index("if (M <= 8 && batch == 1)") < code.index("qjc_lt_matmul") < code.index("launch_tc<128")
+    # without the option the same step has no cuBLASLt call
+    plain = gemm_kernel(_ctx(g, {x, w, bias, y}), y.producer, [y]).finalize()
+    assert "qjc_lt_matmul" not in plain.code and not plain.notes["blaslt"]
+
+
+def test_cublaslt_product_goes_through_the_generated_epilogue_when_ops_are_fused():
+    g = Graph()
+    x = g.add_input("x", parse_type("f16[64,64]"))
+    w = g.add_input("w", parse_type("f16[128,64]"))
+    bias = g.add_input("bias", parse_type("f16[128]"))
+    res = g.add_input("res", parse_type("f16[64,128]"))
+    y = g.op("linear", x, w, bias)
+    out = g.op("add", g.op("gelu", y), res)
+    k = gemm_kernel(_lt_ctx(g, {x, w, bias, res, out}), y.producer, [out]).finalize()
+    code = k.code
+    assert "g.bias = nullptr;" in code and "g.d_type = 0;" in code  # an f32 product; the epilogue adds the bias
+    assert "lt_epilogue" in code and "epilogue_pair(a, 0, (2 * i) / N" in code
+    # the f32 product is a workspace of M x N floats after the split-K scratch cuBLASLt borrows
+    assert [(w.dtype.name, w.numel) for w in k.workspaces][-1] == ("f32", 64 * 128)
+
+
+def test_fp32_and_batched_matmuls_and_quantized_weights_choose_cublaslt_only_where_it_applies():
+    g = Graph()
+    x = g.add_input("x", parse_type("f32[64,64]"))
+    w = g.add_input("w", parse_type("f32[128,64]"))
+    y = g.op("linear", x, w)
+    k = gemm_kernel(_lt_ctx(g, {x, w, y}), y.producer, [y]).finalize()
+    assert k.notes["blaslt"] and "g.ab_type = 0;" in k.code  # f32 in, exact f32 accumulation (no TF32)
+    assert "gemm_simt" in k.code  # the fallback
+    q = g.add_input("q", parse_type("bf16[2,4,16,32]"))
+    kk = g.add_input("kk", parse_type("bf16[2,4,32,16]"))
+    s = g.op("matmul", q, kk)
+    batched = gemm_kernel(_lt_ctx(g, {q, kk, s}), s.producer, [s]).finalize()
+    assert not batched.notes["blaslt"]  # batched products keep qjc's kernel
