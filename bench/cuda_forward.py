@@ -120,19 +120,32 @@ def workloads():
     yield "SmolLM2-135M prefill 512", llama, (ids,), 512, attn, ids.numel() * 8 + 512 * 49152 * 2
 
 
-def own_gemm_ms(path, dev, iters: int) -> float:
-    """The same artifact with cuBLASLt turned off (QJC_CUBLASLT=0 while a fresh engine captures its graph):
-    qjc's own tensor-core GEMMs, for comparison."""
+def variant_ms(path, dev, iters: int, env: dict[str, str]) -> float:
+    """The same artifact run by a fresh engine under ``env`` (switches its launchers read when a graph is
+    captured: QJC_CUBLASLT=0 for qjc's own GEMMs, QJC_ATTN_SPLIT=0, QJC_PDL=0)."""
     import os
 
     import qjc
 
-    os.environ["QJC_CUBLASLT"] = "0"
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
     try:
         engine = qjc.load(path)
         return cuda_time(lambda: engine(*dev), iters=iters)
     finally:
-        del os.environ["QJC_CUBLASLT"]
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def _variant(text: str) -> tuple[str, dict[str, str]]:
+    label, _, assignments = text.rpartition(":")
+    env = dict(a.split("=", 1) for a in assignments.split(",") if "=" in a)
+    if not label or not env:
+        raise argparse.ArgumentTypeError(f"expected LABEL:VAR=VALUE[,VAR=VALUE], got {text!r}")
+    return label, env
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -145,6 +158,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--profile", action="store_true",
                         help="also print the kernels that take the most GPU time (qjc without CUDA graphs, "
                              "torch.compile)")
+    parser.add_argument("--variant", action="append", default=[], type=_variant, metavar="LABEL:VAR=VALUE[,...]",
+                        help="also time each qjc engine with these environment switches (repeatable), e.g. "
+                             "'no key split:QJC_ATTN_SPLIT=0'")
     args = parser.parse_args(argv)
 
     import qjc
@@ -176,8 +192,11 @@ def main(argv: list[str] | None = None) -> int:
             result["qjc_rel_err_vs_eager"] = float((got - want).norm() / want.norm())
             result["qjc_ms"] = cuda_time(lambda e=engine, d=dev: e(*d), iters=args.iters)
             result["qjc_engine_ms"] = statistics.median(engine.benchmark([x.numpy() for x in inputs], 10, args.iters))
+            variants = dict(args.variant)
             if engine.manifest["backend"].get("gemm_library") == "cublaslt":
-                result["qjc_own_gemm_ms"] = own_gemm_ms(engine.artifact.path, dev, args.iters)
+                variants["own GEMMs instead of cuBLASLt"] = {"QJC_CUBLASLT": "0"}
+            result["variants_ms"] = {label: variant_ms(engine.artifact.path, dev, args.iters, env)
+                                     for label, env in variants.items()}
             result["eager_ms"] = cuda_time(lambda m=module, d=dev: m(*d), iters=args.iters)
             if args.compile_mode != "none":
                 start = time.perf_counter()
@@ -209,8 +228,8 @@ def main(argv: list[str] | None = None) -> int:
               f"{100 * r['floor_ms'] / r['qjc_ms']:11.1f}%{100 * r['floor_ms'] / comp:11.1f}%")
     print("(ms, median; ratios > 1 mean qjc is faster; %floor = floor / time)")
     for r in rows:
-        if "qjc_own_gemm_ms" in r:
-            print(f"{r['workload']}: qjc with its own GEMMs instead of cuBLASLt {r['qjc_own_gemm_ms']:.3f} ms")
+        for label, ms in r["variants_ms"].items():
+            print(f"{r['workload']}: qjc with {label}: {ms:.3f} ms (default {r['qjc_ms']:.3f})")
     return 0
 
 

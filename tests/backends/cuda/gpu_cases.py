@@ -363,6 +363,14 @@ def attention_cases() -> list[Case]:
         Case("sdpa_decode", lambda m: op(m, "sdpa", m.x((2, 8, 1, 64)), m.x((2, 2, 200, 64)), m.x((2, 2, 200, 64)),
                                          causal=True),
              lambda q, k, v: sdpa_ref(q, k, v, causal=True)),
+        # few rows for the GPU: the key tiles split across 4 warps (causal bottom-right: 100 rows over 150 keys,
+        # rows and keys not whole tiles, GQA 8/2, head dim 128) and across 2 (head dim 16, 40 keys)
+        Case("sdpa_key_split_d128", lambda m: op(m, "sdpa", m.x((1, 8, 100, 128)), m.x((1, 2, 150, 128)),
+                                                 m.x((1, 2, 150, 128)), causal=True),
+             lambda q, k, v: sdpa_ref(q, k, v, causal=True)),
+        Case("sdpa_key_split_d16", lambda m: op(m, "sdpa", m.x((1, 2, 20, 16)), m.x((1, 2, 40, 16)),
+                                                m.x((1, 2, 40, 16))),
+             lambda q, k, v: sdpa_ref(q, k, v)),
     ]
 
 

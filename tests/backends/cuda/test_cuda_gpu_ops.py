@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 pytest.importorskip("torch")
-from gpu_cases import GROUPS, TOLERANCE, build_group  # noqa: E402
+from gpu_cases import GROUPS, TOLERANCE, attention_cases, build_group  # noqa: E402
 
 pytestmark = pytest.mark.cuda
 
@@ -84,3 +84,25 @@ def _runs() -> list:
 def test_op_matches_torch(results, group, dtype, name):
     cases, runs = results(group, dtype)
     _check(cases[name], dtype, *runs[name])
+
+
+@pytest.mark.parametrize("dtype", ("f16", "bf16"))
+def test_attention_without_the_key_split_matches_torch(dtype, monkeypatch):
+    """QJC_ATTN_SPLIT=0 (read by the launcher at each launch): the tensor-core kernel that walks every key tile
+    itself, which the key-split kernel replaces on small grids; both stay in the engine."""
+    import torch
+
+    import qjc
+    from qjc.backends.cuda.options import arch_of_capability
+
+    monkeypatch.setenv("QJC_ATTN_SPLIT", "0")
+    cases = attention_cases()
+    g, feeds, layout = build_group(cases, dtype, 5)
+    arch = arch_of_capability(*torch.cuda.get_device_capability())
+    engine = qjc.compile(g, target="cuda", optimize=False, archs=(arch,))
+    outs = engine(**feeds)
+    by_name = dict(zip([v.name for v in g.outputs], outs if isinstance(outs, list) else [outs]))
+    for case in cases:
+        if dtype in case.dtypes:
+            inputs, names = layout[case.name]
+            _check(case, dtype, inputs, [by_name[o] for o in names])
