@@ -46,11 +46,13 @@ def _epilogue_value(gen, out: Value, bias: Value | None, n_index: Index, acc: st
 
 
 def _pair_epilogue(ctx: KernelContext, params: Params, outputs: list[Value], out: Value, bias: Value | None,
-                   folded: bool, o_shape, batch_dims) -> dict:
+                   folded: bool, o_shape, batch_dims, fname: str = "epilogue_pair",
+                   doc: str = "The epilogue") -> dict | None:
     """The epilogue for column pairs (n, n + 1): lanes 0 and 1 of the expression generator, so
-    operands contiguous along n are read as one pair and each output is stored 4 bytes at once."""
+    operands contiguous along n are read as one pair and each output is stored 4 bytes at once
+    (None for outputs that are not 16-bit)."""
     if out.type.dtype.name not in ("f16", "bf16"):
-        return {"pair_epilogue": False}
+        return None
     gen = ctx.generator(params, outputs, vec=2)
     if folded:
         lead = gen.delinearize(IX("m", 0), o_shape[:-1])
@@ -67,9 +69,9 @@ def _pair_epilogue(ctx: KernelContext, params: Params, outputs: list[Value], out
     ptrs = [params.ptr(v, write=True) for v in outputs]
     for k, v in enumerate(outputs):
         gen.store_lanes(v, gen.value(v, index), f"o{k}")
-    return {"pair_epilogue": True, "pair_decls": indent(params.declarations(), 2), "pair_pre": indent(gen.pre, 2),
-            "pair_body": indent(gen.body, 4), "pair_flat": flat.base,
-            "pair_outs": [{"ctype": ctype(v.type.dtype), "ptr": p} for v, p in zip(outputs, ptrs)]}
+    return {"fname": fname, "doc": doc, "decls": indent(params.declarations(), 2), "pre": indent(gen.pre, 2),
+            "body": indent(gen.body, 4), "flat": flat.base,
+            "outs": [{"ctype": ctype(v.type.dtype), "ptr": p} for v, p in zip(outputs, ptrs)]}
 
 
 def _norm_prologue(ctx: KernelContext, params: Params, norm: Node, a_val: Value) -> dict:
@@ -114,26 +116,32 @@ def _norm_prologue(ctx: KernelContext, params: Params, norm: Node, a_val: Value)
 
 
 def _blaslt_facts(ctx: KernelContext, params: Params, workspaces: list[Workspace], core: Node,
-                  outputs: list[Value], bias: Value | None, folded: bool, o_shape, shared_ws: int | None) -> dict:
+                  outputs: list[Value], bias: Value | None, folded: bool, o_shape, n_dim,
+                  shared_ws: int | None) -> dict:
     """Whether the launcher tries cuBLASLt first (dense f32 / f16 / bf16 weights, one batch of rows), and
     how: straight into the output with cuBLASLt's bias epilogue when the step stores only the product
-    (+ bias), else an f32 product in a workspace that a generated epilogue kernel finishes. Appends the
-    workspaces it needs (cuBLASLt's own scratch reuses the split-K one where the step has it)."""
+    (+ bias); else into a workspace that a generated epilogue kernel finishes: the product + bias rounded
+    to the output's 16-bit dtype (exactly what the fused epilogue starts from; N even), or an f32 product.
+    Appends the workspaces it needs (cuBLASLt's own scratch reuses the split-K one where the step has it)."""
     a_val, b_val, out = core.inputs[0], core.inputs[1], core.outputs[0]
     dtype = a_val.type.dtype
     operands = len(params.values)
     if (not ctx.blaslt or not folded or dtype.name not in LT_TYPES or b_val.type.dtype != dtype
             or out.type.dtype.name not in LT_TYPES):
-        return {"blaslt": False, "lt_direct": False}
-    direct = (len(outputs) == 1 and outputs[0] is out and out.type.dtype in (dtype, f32)
-              and (bias is None or (bias.type.dtype == out.type.dtype and bias.type.rank == 1
-                                    and ctx.materialized(bias))))
-    facts = {"blaslt": True, "lt_direct": direct, "lt_ab_type": LT_TYPES[dtype.name],
+        return {"blaslt": False, "lt_direct": False, "lt_rounded": False}
+    bias_fits = bias is None or (bias.type.dtype == out.type.dtype and bias.type.rank == 1 and ctx.materialized(bias))
+    direct = len(outputs) == 1 and outputs[0] is out and out.type.dtype in (dtype, f32) and bias_fits
+    rounded = (not direct and bias_fits and out.type.dtype == dtype and dtype.name in ("f16", "bf16")
+               and isinstance(n_dim, int) and n_dim % 2 == 0)
+    facts = {"blaslt": True, "lt_direct": direct, "lt_rounded": rounded, "lt_ab_type": LT_TYPES[dtype.name],
              "lt_bias_index": -1, "lt_bias_type": -1}
+    if (direct or rounded) and bias is not None:
+        facts.update(lt_bias_index=int(params.ptr(bias)[1:]), lt_bias_type=LT_TYPES[bias.type.dtype.name])
     if direct:
         facts.update(lt_d_index=int(params.ptr(out, write=True)[1:]), lt_d_type=LT_TYPES[out.type.dtype.name])
-        if bias is not None:
-            facts.update(lt_bias_index=int(params.ptr(bias)[1:]), lt_bias_type=LT_TYPES[bias.type.dtype.name])
+    elif rounded:
+        facts.update(lt_d_index=len(params.values) + len(workspaces), lt_d_type=LT_TYPES[dtype.name])
+        workspaces.append(Workspace(dtype, product(o_shape)))
     else:
         facts.update(lt_d_index=len(params.values) + len(workspaces), lt_d_type=LT_TYPES["f32"])
         workspaces.append(Workspace(f32, product(o_shape)))
@@ -223,6 +231,7 @@ def gemm_kernel(ctx: KernelContext, core: Node, outputs: list[Value], prologue: 
     store_accumulator(gen, params, out, outputs, index, bias, Index(flat=IX("n", 0), multi=(IX("n", 0),)))
 
     pair = _pair_epilogue(ctx, params, outputs, out, bias, folded, o_shape, batch_dims)
+    pair_fns = [pair] if pair else []
     workspaces: list[Workspace] = []
     # GEMV only where M can be small; the CUDA-core GEMM only where the tensor cores may not apply.
     # Quantized B whose codes split into whole 16-byte chunks also gets gemv_q, for up to 32 rows.
@@ -256,8 +265,14 @@ def gemm_kernel(ctx: KernelContext, core: Node, outputs: list[Value], prologue: 
     if norm is not None:  # the normalized A, stored once when M is too large for the GEMV
         a_index = len(params.values) + len(workspaces)
         workspaces.append(Workspace(dtype, product(a_shape)))
-    lt = _blaslt_facts(ctx, params, workspaces, core, outputs, bias, folded, o_shape,
+    lt = _blaslt_facts(ctx, params, workspaces, core, outputs, bias, folded, o_shape, n_dim,
                        splitk_ws_index if tensor_cores else None)
+    if lt["lt_rounded"]:  # cuBLASLt adds the bias: the epilogue after it starts from the rounded sum
+        operands = len(params.values)
+        pair_fns.append(_pair_epilogue(ctx, params, outputs, out, None, folded, o_shape, batch_dims,
+                                       "lt_epilogue_pair", "The epilogue after cuBLASLt's product + bias"))
+        if len(params.values) != operands:
+            raise AssertionError("the epilogue after cuBLASLt reads nothing the step's epilogue does not")
     nptr = len(params.values) + len(workspaces)
     acc_t = "float" if dtype.name in ("f32", "f16", "bf16") else ("double" if dtype.name == "f64" else "int64_t")
     source = render(
@@ -272,7 +287,7 @@ def gemm_kernel(ctx: KernelContext, core: Node, outputs: list[Value], prologue: 
         a_index=a_index, b_index=int(b_ptr[1:]), norm_prologue=norm is not None, **(norm or {}), **lt,
         batch_code=batch_code, batch_aligned_host=batch_aligned,
         epi_decls=indent(params.declarations(), 2), epi_pre=indent(gen.pre, 2), epi_body=indent(gen.body, 2),
-        **pair,
+        pair_epilogue=pair is not None, pair_fns=pair_fns,
         m_host=ctx.host_dim(m_dim), n_host=ctx.host_dim(n_dim), k_host=ctx.host_dim(k_dim),
         batch_host=ctx.host_dim(batch), lda_host=ctx.host_dim(k_dim),
         ldb_host=ctx.host_dim(k_dim if b_nk else n_dim),

@@ -317,20 +317,30 @@ def test_large_m_linear_calls_cublaslt_with_its_bias_epilogue_straight_into_the_
     assert "qjc_lt_matmul" not in plain.code and not plain.notes["blaslt"]
 
 
-def test_cublaslt_product_goes_through_the_generated_epilogue_when_ops_are_fused():
+def _linear_gelu_residual(dtype: str, n: int):
     g = Graph()
-    x = g.add_input("x", parse_type("f16[64,64]"))
-    w = g.add_input("w", parse_type("f16[128,64]"))
-    bias = g.add_input("bias", parse_type("f16[128]"))
-    res = g.add_input("res", parse_type("f16[64,128]"))
+    x = g.add_input("x", parse_type(f"{dtype}[64,64]"))
+    w = g.add_input("w", parse_type(f"{dtype}[{n},64]"))
+    bias = g.add_input("bias", parse_type(f"{dtype}[{n}]"))
+    res = g.add_input("res", parse_type(f"{dtype}[64,{n}]"))
     y = g.op("linear", x, w, bias)
     out = g.op("add", g.op("gelu", y), res)
-    k = gemm_kernel(_lt_ctx(g, {x, w, bias, res, out}), y.producer, [out]).finalize()
+    return gemm_kernel(_lt_ctx(g, {x, w, bias, res, out}), y.producer, [out]).finalize()
+
+
+def test_cublaslt_product_goes_through_the_generated_epilogue_when_ops_are_fused():
+    # 16-bit, even N: cuBLASLt adds the bias and rounds to f16 (what the fused epilogue starts from); the rest of
+    # the epilogue (gelu, + res) runs on column pairs, without adding the bias again
+    k = _linear_gelu_residual("f16", 128)
     code = k.code
-    assert "g.bias = nullptr;" in code and "g.d_type = 0;" in code  # an f32 product; the epilogue adds the bias
-    assert "lt_epilogue" in code and "epilogue_pair(a, 0, (2 * i) / N" in code
-    # the f32 product is a workspace of M x N floats after the split-K scratch cuBLASLt borrows
-    assert [(w.dtype.name, w.numel) for w in k.workspaces][-1] == ("f32", 64 * 128)
+    assert "g.bias = p[" in code and "g.d_type = 1;" in code and "lt_epilogue_pair(a, 0, (2 * i) / N" in code
+    rest = code[code.index("void lt_epilogue_pair("):]
+    assert "const float c_acc = q_round<__half>((float)acc);" in rest[:rest.index("\n}\n")], "bias added once"
+    assert [(w.dtype.name, w.numel) for w in k.workspaces][-1] == ("f16", 64 * 128)
+    # odd N (no column pairs): an f32 product, the whole epilogue (bias included) after it
+    odd = _linear_gelu_residual("bf16", 127).code
+    assert "g.bias = nullptr;" in odd and "g.d_type = 0;" in odd and "lt_epilogue_pair" not in odd
+    assert "epilogue(a, 0, i / N, i % N, prod[i], M, N)" in odd
 
 
 def test_fp32_and_batched_matmuls_and_quantized_weights_choose_cublaslt_only_where_it_applies():
