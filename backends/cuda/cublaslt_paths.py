@@ -28,13 +28,13 @@ def _wheel_dirs(sub: str) -> list[Path]:
 
 
 def find_include(nvcc: str | None = None) -> Path | None:
-    """The directory holding cublasLt.h: $QJC_CUBLAS_INCLUDE, the toolkit of ``nvcc``, $CUDA_HOME,
+    """The directory holding cublasLt.h: $QJC_CUBLAS_INCLUDE, the toolkit of ``nvcc``, $CUDA_HOME, $CUDA_PATH,
     /usr/local/cuda, then the nvidia-cublas wheel."""
     candidates = [os.environ.get(INCLUDE_ENV)]
     if nvcc:
         candidates.append(str(Path(nvcc).resolve().parent.parent / "include"))
-    candidates += [os.environ.get("CUDA_HOME") and os.path.join(os.environ["CUDA_HOME"], "include"),
-                   "/usr/local/cuda/include"]
+    candidates += [os.path.join(os.environ[v], "include") for v in ("CUDA_HOME", "CUDA_PATH") if os.environ.get(v)]
+    candidates.append("/usr/local/cuda/include")
     candidates += [str(d) for d in _wheel_dirs("include")]
     for c in candidates:
         if c and (Path(c) / HEADER).is_file():

@@ -76,7 +76,7 @@ class CudaOptions(TargetOptions):
     # Large-M GEMMs of dense f32 / f16 / bf16 weights: "cublaslt" calls cuBLASLt (its header must be found at
     # build time: a CUDA toolkit or the nvidia-cublas wheel; the engine opens the library at run time and
     # falls back to qjc's kernels without it), "qjc" only qjc's own kernels, "auto" cuBLASLt where its
-    # header is found. M <= 8 (decode) always runs qjc's GEMV.
+    # header is found. A linear of M <= 8 rows (decode) always runs qjc's GEMV.
     gemm_library: str = "auto"
 
     def __post_init__(self) -> None:

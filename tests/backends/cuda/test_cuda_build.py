@@ -242,3 +242,34 @@ def test_in_place_cache_write_refuses_a_pool_read_elsewhere(tmp_path):
     g.set_outputs(written, old)
     with pytest.raises(UnsupportedOpsError, match="writes %pool in place"):
         qjc.api.build(g, tmp_path / "reuse.qjc", target="cuda", archs=("sm_90a",))
+
+
+@needs_nvcc
+def test_engine_opens_cublaslt_and_resolves_every_entry_point(tmp_path):
+    """The engine's loader (templates/blaslt.cu.j2) in a host program: it opens the nvidia-cublas wheel's
+    library through QJC_CUBLASLT_LIB, checks its major version against the header and finds every function it
+    calls; without the variable and with no copy on the loader's path it reports the library missing."""
+    import os
+
+    from qjc.backends.cuda.cublaslt_paths import find_include, find_library
+    from qjc.backends.cuda.kernels.base import render
+
+    include, library = find_include(NVCC), find_library()
+    if include is None or library is None:
+        pytest.skip("the nvidia-cublas wheel (cuBLASLt's header and library) is not installed")
+    (tmp_path / "qjc_common.cuh").write_text(render("common.cuh.j2"))
+    (tmp_path / "blaslt.cu").write_text(render("blaslt.cu.j2"))
+    (tmp_path / "probe.cu").write_text('#include "blaslt.cu"\n#include <cstdio>\n'
+                                       'int main() { printf("%d", qjc_lt::api().ok ? 1 : 0); return 0; }\n')
+    exe = tmp_path / "probe"
+    subprocess.run([NVCC, "-std=c++17", "-I", str(tmp_path), "-I", str(include), str(tmp_path / "probe.cu"), "-o",
+                    str(exe), "-ldl"], check=True, capture_output=True, timeout=300)
+    env = {k: v for k, v in os.environ.items() if k not in ("QJC_CUBLASLT_LIB", "LD_LIBRARY_PATH")}
+    opened = subprocess.run([str(exe)], env={**env, "QJC_CUBLASLT_LIB": str(library)}, capture_output=True,
+                            text=True, timeout=60)
+    assert opened.stdout == "1", opened
+    missing = subprocess.run([str(exe)], env={**env, "QJC_CUBLASLT_LIB": str(tmp_path / "none.so")},
+                             capture_output=True, text=True, timeout=60)
+    ldconfig = shutil.which("ldconfig") or ("/sbin/ldconfig" if Path("/sbin/ldconfig").is_file() else None)
+    if ldconfig and "libcublasLt.so" not in subprocess.run([ldconfig, "-p"], capture_output=True, text=True).stdout:
+        assert missing.stdout == "0", missing  # no system copy the soname could find

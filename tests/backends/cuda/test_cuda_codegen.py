@@ -343,7 +343,7 @@ def test_cublaslt_product_goes_through_the_generated_epilogue_when_ops_are_fused
     assert "epilogue(a, 0, i / N, i % N, prod[i], M, N)" in odd
 
 
-def test_fp32_and_batched_matmuls_and_quantized_weights_choose_cublaslt_only_where_it_applies():
+def test_fp32_linears_take_cublaslt_and_batched_matmuls_keep_qjcs_kernel():
     g = Graph()
     x = g.add_input("x", parse_type("f32[64,64]"))
     w = g.add_input("w", parse_type("f32[128,64]"))
