@@ -303,3 +303,38 @@ def test_op_matches_interpreter_and_reference(zoo, case: Case) -> None:
             assert g.dtype == i.dtype, f"{what}: dtype {g.dtype}, interpreter {i.dtype}"
             assert_close(g, i, case.tol, f"{what} vs interpreter")
             assert_close(g, np.asarray(r), case.tol, f"{what} vs reference")
+
+
+def test_reductions_over_an_axis_that_may_be_empty() -> None:
+    """A reduced extent whose symbol's range starts at 0 (an ONNX decoder's first step has no past): TVM's
+    reductions initialize inside the reduced loop, so an empty extent once returned uninitialized memory. Sums
+    and products of nothing are their identities, an empty mean is nan, an empty max / min the lowest / highest
+    value (numpy, the reference, refuses those two)."""
+    import qjc
+    from qjc.ir import Graph
+
+    g = Graph("maybe_empty")
+    g.add_symbol("n", 0, 16)
+    x = g.add_input("x", TensorType((3, N, 4), f32))
+    a = g.add_input("a", TensorType((3, N), i64))
+    ops = ("sum", "mean", "prod", "max", "min")
+    outs = [g.op(op, x, axes=[1], keepdims=keepdims) for op in ops for keepdims in (False, True)]
+    outs += [g.op("sum", a, axes=[1], keepdims=False), g.op("max", a, axes=[0, 1], keepdims=False)]
+    g.set_outputs(*outs)
+    engine = qjc.compile(g, target="cpu")
+    rng = np.random.default_rng()
+    for size in (0, 1, 5):
+        xv = rng.standard_normal((3, size, 4)).astype(np.float32)
+        av = rng.integers(-50, 50, (3, size))
+        got = [np.asarray(v) for v in engine(xv, av)]
+        x64 = xv.astype(np.float64)
+        for k, op in enumerate(ops):
+            if size == 0:
+                want = {"sum": np.zeros((3, 4)), "mean": np.full((3, 4), np.nan), "prod": np.ones((3, 4)),
+                        "max": np.full((3, 4), -np.inf), "min": np.full((3, 4), np.inf)}[op]
+            else:
+                want = getattr(np, op)(x64, axis=1)
+            np.testing.assert_allclose(got[2 * k], want, rtol=1e-5, err_msg=f"{op} over {size}")
+            np.testing.assert_allclose(got[2 * k + 1], want[:, None], rtol=1e-5, err_msg=f"{op} keepdims over {size}")
+        np.testing.assert_array_equal(got[-2], av.sum(axis=1))
+        assert got[-1] == (av.max() if size else np.iinfo(np.int64).min)
