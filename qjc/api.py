@@ -55,6 +55,28 @@ class Options:
     group_size: int = 128
     # Regexes of weight names to keep in float (e.g. "lm_head").
     keep: tuple[str, ...] = ()
+    # ONNX models: ranges of symbolic dims by name, ((name, lo, hi), ...) or {name: (lo, hi)}; a dim_param
+    # without one ranges over 1..2**31-1 (a past/present decoder's past length needs 0 for its first step).
+    dims: tuple[tuple[str, int, int], ...] = ()
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "dims", dim_ranges(self.dims))
+
+
+def dim_ranges(dims: Any) -> tuple[tuple[str, int, int], ...]:
+    """``dims`` as ((name, lo, hi), ...), from a {name: (lo, hi)} mapping or such tuples."""
+    pairs = list(dims.items()) if isinstance(dims, dict) else [(d[0], tuple(d[1:])) for d in dims]
+    out = []
+    for name, bounds in pairs:
+        bounds = bounds[0] if len(bounds) == 1 else bounds  # (name, (lo, hi))
+        try:
+            lo, hi = (int(b) for b in bounds)
+        except (TypeError, ValueError):
+            raise QJCError(f"dims: {name}: expected (lo, hi), got {bounds!r}") from None
+        if not 0 <= lo <= hi:
+            raise QJCError(f"dims: {name}: the range needs 0 <= lo <= hi, got {lo}..{hi}")
+        out.append((str(name), lo, hi))
+    return tuple(out)
 
 
 @dataclass
@@ -76,11 +98,17 @@ def _is_torch_module(model: Any) -> bool:
     return any(c.__module__.startswith("torch.nn") and c.__name__ == "Module" for c in type(model).__mro__)
 
 
-def load_model(model: Any, example_inputs: Any = None, max_seq: int = 256, batch: int = 1) -> Graph:
+def load_model(model: Any, example_inputs: Any = None, max_seq: int = 256, batch: int = 1,
+               dims: Any = ()) -> Graph:
     """Read ``model`` into a qjc Graph: a Graph as is, or a path to a ``.qir`` IR text file (its
     constants' data from ``MODEL.safetensors`` beside it, if present). Other kinds of model are
-    recognized here and sent to their frontend."""
+    recognized here and sent to their frontend. ``dims``: ranges of an ONNX model's symbolic dims."""
     from qjc.ir.graph import Graph
+
+    ranges = {name: (lo, hi) for name, lo, hi in dim_ranges(dims)}
+    if ranges and not (isinstance(model, (str, os.PathLike)) and str(model).lower().endswith(".onnx")):
+        raise QJCError("dims (ranges of symbolic dims) apply to ONNX models; other frontends take their ranges from "
+                       "the model (torch.export's Dim, the LLM frontend's max_seq)")
 
     if isinstance(model, Graph):
         return model
@@ -120,7 +148,7 @@ def load_model(model: Any, example_inputs: Any = None, max_seq: int = 256, batch
         except ImportError as e:
             raise MissingComponentError(f"{path}: reading ONNX models needs onnx: {e}",
                                         "pip install 'qjc[onnx]'") from None
-        return from_onnx(path)
+        return from_onnx(path, ranges=ranges)
     if suffix in _FRONTEND_PENDING:
         raise MissingComponentError(f"{path}: {suffix} models need {_FRONTEND_PENDING[suffix]}, "
                                     "which has not landed in this qjc yet")
@@ -250,7 +278,7 @@ def build(model: Any, out_dir: str | os.PathLike, target: str = DEFAULT_TARGET, 
 
     # a copy: passes rewrite in place, and the caller's graph must stay as it was
     graph = stage("load", lambda: load_model(model, example_inputs, max_seq=general.max_seq,
-                                             batch=general.batch).copy())
+                                             batch=general.batch, dims=general.dims).copy())
     if general.verify:
         stage("verify", lambda: verify_graph(graph))
     caps = backend.capabilities(target_options)

@@ -120,6 +120,17 @@ def _target_option_pairs(args: argparse.Namespace) -> dict[str, str]:
     return pairs
 
 
+def _dim_args(items: list[str]) -> dict[str, tuple[int, int]]:
+    out = {}
+    for item in items:
+        name, _, bounds = item.partition("=")
+        lo, _, hi = bounds.partition(":")
+        if not name or not lo.strip().isdigit() or not hi.strip().isdigit():
+            raise QJCError(f"--dim {item!r}: expected NAME=LO:HI, e.g. past=0:2048")
+        out[name] = (int(lo), int(hi))
+    return out
+
+
 def cmd_compile(args: argparse.Namespace) -> int:
     from qjc.api import build
     from qjc.backends.base import get_backend
@@ -137,7 +148,7 @@ def cmd_compile(args: argparse.Namespace) -> int:
     result = build(args.model, out, target=args.target, progress=progress, optimize=not args.no_optimize,
                    dump_ir=args.dump_ir, max_seq=args.max_seq, batch=args.batch,
                    kv_block_size=args.kv_block_size, kv_blocks=args.kv_blocks, quant=args.quant,
-                   group_size=args.group_size, keep=tuple(args.keep), **options)
+                   group_size=args.group_size, keep=tuple(args.keep), dims=_dim_args(args.dim), **options)
     width = max(len(name) for name, _ in result.timings)
     for name, seconds in result.timings:
         print(f"  {name:<{width}}  {seconds * 1e3:9.1f} ms")
@@ -161,8 +172,13 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
     from qjc.api import load
     from qjc.runtime.generation import Generator, Sampling, TextStream
+    from qjc.runtime.past_present import match_signature
 
-    gen = Generator(load(args.artifact))
+    engine = load(args.artifact)
+    if not engine.manifest.get("llm") and match_signature(engine) is not None:
+        raise QJCError(f"{engine.path} is a past/present decoder without a tokenizer (an ONNX file)",
+                       "generate from token ids in Python: qjc.load(path).generate([ids...])")
+    gen = Generator(engine)
     ids = gen.tokenizer.encode(args.prompt)
     stream = TextStream(gen.tokenizer)
     start = time.perf_counter()
@@ -327,6 +343,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--group-size", type=int, default=128, help="int4 group size (32, 64, 128, 256)")
     p.add_argument("--keep", action="append", default=[], metavar="REGEX",
                    help="keep weights whose name matches in float (repeatable), e.g. lm_head")
+    p.add_argument("--dim", action="append", default=[], metavar="NAME=LO:HI",
+                   help="ONNX models: the range of a symbolic dim (repeatable), e.g. past=0:2048 for a past/present "
+                        "decoder whose first step has no past")
     p.add_argument("--target", "-t", default="npu_stub", help="backend to compile for (see `qjc targets`)")
     p.add_argument("-o", "--output", help="artifact directory (default: MODEL.TARGET.qjc here)")
     p.add_argument("-O", "--option", action="append", default=[], metavar="KEY=VALUE",

@@ -59,9 +59,11 @@ class Engine(abc.ABC):
         """Generate from a language-model artifact: text or token ids, one prompt or a list.
         Options: temperature, top_k, top_p, seed, stop_ids, on_token."""
         from qjc.runtime.generation import Generator
+        from qjc.runtime.past_present import PastPresentGenerator, match_signature
 
         if getattr(self, "_generator", None) is None:
-            self._generator = Generator(self)
+            roles = None if self.manifest.get("llm") else match_signature(self)
+            self._generator = Generator(self) if roles is None else PastPresentGenerator(self, roles)
         return self._generator.generate(prompt, max_new_tokens, **options)
 
     @abc.abstractmethod

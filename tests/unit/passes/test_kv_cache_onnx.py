@@ -280,3 +280,54 @@ def test_the_paged_onnx_decoder_builds_for_cuda(model_path, tmp_path):
     assert not any(name.startswith("past_key_values") for name in (s["name"] for s in manifest["signature"]["inputs"]))
     kinds = manifest["backend"]["kernel_kinds"]
     assert kinds.get("paged_attention") and kinds.get("paged_kv_write") and "row_reduce" not in kinds
+
+
+def _greedy_reference(session, prompt: list[int], new: int) -> list[int]:
+    """onnxruntime's greedy tokens, past and present threaded by hand."""
+    past = {n: np.zeros((1, KV_HEADS, 0, HEAD_DIM), np.float32) for n in PAST_NAMES}
+    step, done, out = list(prompt), 0, []
+    for _ in range(new):
+        feeds = {"input_ids": np.asarray([step], np.int64), "attention_mask": np.ones((1, done + len(step)), np.int64),
+                 "position_ids": np.arange(done, done + len(step), dtype=np.int64)[None], **past}
+        logits, *present = session.run(None, feeds)
+        past = dict(zip(PAST_NAMES, present))
+        done += len(step)
+        step = [int(np.argmax(logits[0, -1]))]
+        out.append(step[0])
+    return out
+
+
+def test_generate_on_cpu_feeds_presents_back_as_pasts(model_path, tmp_path):
+    """An ONNX past/present decoder compiled for cpu (which keeps its caches as inputs and outputs) generates
+    through the host loop of qjc/runtime/past_present.py: the same greedy tokens as onnxruntime, a list of
+    prompts, stop tokens, and clear errors for a past range that excludes the empty first step and for text."""
+    import qjc
+    from qjc.cli import main
+
+    pytest.importorskip("tvm")
+    rng = np.random.default_rng()
+    session = ort.InferenceSession(model_path, providers=["CPUExecutionProvider"])
+    engine = qjc.compile(model_path, target="cpu", dims={"past": (0, MAX_SEQ)}, out_dir=tmp_path / "dec.qjc")
+    prompts = [[int(t) for t in rng.integers(0, VOCAB, n)] for n in (5, 1)]
+    want = [_greedy_reference(session, p, 8) for p in prompts]
+    assert engine.generate(prompts[0], max_new_tokens=8) == want[0]
+    assert engine.generate(prompts, max_new_tokens=8) == want
+    stop = want[0][2]
+    assert engine.generate(prompts[0], max_new_tokens=8, stop_ids=[stop]) == want[0][: want[0].index(stop) + 1]
+    with pytest.raises(QJCError, match="exceeds the past length"):
+        engine.generate(prompts[0], max_new_tokens=MAX_SEQ)
+    with pytest.raises(QJCError, match="no tokenizer"):
+        engine.generate("hello")
+    # without a range for the past length its first value is 1: the error says how to compile instead
+    default = qjc.compile(model_path, target="cpu", out_dir=tmp_path / "default.qjc")
+    with pytest.raises(QJCError, match=r"--dim past=0:N"):
+        default.generate(prompts[0], max_new_tokens=2)
+    # the command line takes the same range
+    assert main(["compile", model_path, "--target", "cpu", "--dim", "past=0:16", "-o", str(tmp_path / "cli.qjc")]) == 0
+    assert qjc.load(tmp_path / "cli.qjc").signature.symbol_ranges["past"] == (0, 16)
+    assert main(["compile", model_path, "--target", "cpu", "--dim", "past=0", "-o", str(tmp_path / "bad")]) == 1
+    assert main(["generate", str(tmp_path / "cli.qjc"), "--prompt", "hi"]) == 1  # no tokenizer: says to pass ids
+    with pytest.raises(QJCError, match="apply to ONNX models"):
+        qjc.compile(Graph(), target="cpu", dims={"n": (0, 4)})
+    with pytest.raises(QJCError, match="0 <= lo <= hi"):
+        qjc.compile(model_path, target="cpu", dims={"past": (5, 1)})
