@@ -44,9 +44,12 @@ class CudaBackend(Backend):
             version = nvcc_version(nvcc).split("|")[0].strip()
         except BackendError as e:
             return False, str(e)
+        from qjc.backends.cuda.cublaslt_paths import find_include
+
         gpu = local_gpu_arch()
         where = f"GPU {gpu} here" if gpu else "no GPU here: artifacts build but need a GPU to run"
-        return True, f"{version}; {where}"
+        lt = "cuBLASLt header found" if find_include(nvcc) else "no cuBLASLt header (pip install nvidia-cublas)"
+        return True, f"{version}; {where}; {lt}"
 
     def runnable(self) -> tuple[bool, str]:
         """Whether an artifact can also run here (a GPU is present), beside building."""
