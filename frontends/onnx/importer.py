@@ -70,9 +70,11 @@ class SymbolTable:
     def __init__(self, graph: Graph, ranges: Mapping[str, tuple[int, int]] | None) -> None:
         self.graph = graph
         self.ranges = dict(ranges or {})
-        self._by_param: dict[str, SymExpr] = {}
+        self._by_param: dict[str, Dim] = {}
 
-    def dim(self, param: str) -> SymExpr:
+    def dim(self, param: str) -> Dim:
+        """The dim for ``param``: a symbol, or a plain int where its range is one value (a batch fixed at
+        compile time becomes static, so passes and kernels specialize on it)."""
         if param not in self._by_param:
             base = re.sub(r"[^A-Za-z0-9_]", "_", param) or "dim"
             if not re.match(r"[A-Za-z_]", base):
@@ -81,8 +83,11 @@ class SymbolTable:
             while name in self.graph.symbols:
                 name, n = f"{base}_{n}", n + 1
             lo, hi = self.ranges.get(param, self.ranges.get(name, DEFAULT_RANGE))
-            self.graph.add_symbol(name, lo, hi)
-            self._by_param[param] = SymExpr.symbol(name)
+            if lo == hi:
+                self._by_param[param] = lo
+            else:
+                self.graph.add_symbol(name, lo, hi)
+                self._by_param[param] = SymExpr.symbol(name)
         return self._by_param[param]
 
 

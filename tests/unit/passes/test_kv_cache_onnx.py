@@ -318,6 +318,12 @@ def test_generate_on_cpu_feeds_presents_back_as_pasts(model_path, tmp_path):
         engine.generate(prompts[0], max_new_tokens=MAX_SEQ)
     with pytest.raises(QJCError, match="no tokenizer"):
         engine.generate("hello")
+    # a range of one value makes the dim static: the batch fixed at 1
+    fixed = qjc.compile(model_path, target="cpu", dims={"past": (0, MAX_SEQ), "batch": (1, 1)},
+                        out_dir=tmp_path / "fixed.qjc")
+    assert [s.shape[0] for s in fixed.signature.inputs] == [1] * len(fixed.signature.inputs)
+    assert "batch" not in fixed.signature.symbol_ranges
+    assert fixed.generate(prompts[1], max_new_tokens=8) == want[1]
     # without a range for the past length its first value is 1: the error says how to compile instead
     default = qjc.compile(model_path, target="cpu", out_dir=tmp_path / "default.qjc")
     with pytest.raises(QJCError, match=r"--dim past=0:N"):
