@@ -9,8 +9,9 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from qjc.backends.cpu import fastmath
 from qjc.backends.cpu.converters import converts
-from qjc.backends.cpu.translate import TVM_DTYPES
+from qjc.backends.cpu.te_util import as_expr, int64
 from qjc.backends.cpu.tvm_env import import_tvm
 from qjc.ir.ops.shape_rules import norm_axes
 
@@ -43,7 +44,7 @@ def _convert_reduce(t: Translator, node: Node) -> list[Any]:
         return [t.emit(relax.op.not_equal(y, relax.const(0, "int8")))]
     empty_axis = next((a for a in axes if _may_be_zero(t, src.type.shape[a])), None)
     if empty_axis is not None:
-        return [_reduce_maybe_empty(t, node.op, x, src.type.dtype, rank, axes, empty_axis, keepdims)]
+        return [_reduce_maybe_empty(t, node.op, x, src, axes, empty_axis, keepdims)]
     return [t.emit(op(x, axis=list(axes), keepdims=keepdims))]
 
 
@@ -54,8 +55,7 @@ def _may_be_zero(t: Translator, d: Any) -> bool:
     return d.evaluate({s: t.graph.symbols[s].lo for s in d.symbols}) <= 0
 
 
-def _reduce_maybe_empty(t: Translator, op: str, x: Any, dtype: Any, rank: int, axes: tuple, axis: int,
-                        keepdims: bool) -> Any:
+def _reduce_maybe_empty(t: Translator, op: str, x: Any, src: Any, axes: tuple, axis: int, keepdims: bool) -> Any:
     """A reduction over axes that may hold no element. TVM's reduction initializes its result inside the
     loop over the reduced axis, so an empty extent left the result unwritten: one identity element padded
     onto ``axis`` makes every reduction see at least one. An empty mean is 0 / 0 = nan (as numpy); an empty
@@ -63,6 +63,7 @@ def _reduce_maybe_empty(t: Translator, op: str, x: Any, dtype: Any, rank: int, a
     those rows are set afterwards)."""
     import numpy as np
 
+    dtype, rank = src.type.dtype, src.type.rank
     if dtype.is_float:
         lowest, highest = float("-inf"), float("inf")
     else:
@@ -82,6 +83,60 @@ def _reduce_maybe_empty(t: Translator, op: str, x: Any, dtype: Any, rank: int, a
     count = reduce("sum", t.emit(relax.op.ones_like(x)), 0.0)
     if op == "mean":
         return t.emit(relax.op.divide(total, count))
-    name = TVM_DTYPES[dtype.name]
+    name = t.dtype(src)
     empty = t.emit(relax.op.equal(count, relax.const(0, name)))
     return t.emit(relax.op.where(empty, relax.const(identity, name), total))
+
+
+@converts("argmax", "argmin")
+def _convert_arg(t: Translator, node: Node) -> list[Any]:
+    src = node.inputs[0]
+    axis = node.attrs["axis"] % src.type.rank
+    op = relax.op.argmax if node.op == "argmax" else relax.op.argmin
+    return [t.emit(op(t.arg(src), axis=axis, keepdims=bool(node.attrs["keepdims"])))]
+
+
+@converts("cumsum")
+def _convert_cumsum(t: Translator, node: Node) -> list[Any]:
+    src = node.inputs[0]
+    axis = node.attrs["axis"] % src.type.rank
+    x = t.arg(src)
+    reverse = bool(node.attrs["reverse"])
+    if reverse:
+        x = t.emit(relax.op.flip(x, axis))
+    y = t.emit(relax.op.cumsum(x, axis=axis, dtype=t.dtype(node.output), exclusive=bool(node.attrs["exclusive"])))
+    if reverse:
+        y = t.emit(relax.op.flip(y, axis))
+    return [y]
+
+
+def softmax_te(x: Any, axis: int, log: bool) -> Any:
+    """softmax / log_softmax of TE tensor ``x`` along ``axis`` (stages: max, exp, sum, output)."""
+    shape = list(x.shape)
+    n = shape[axis]
+    reduced = shape[:axis] + shape[axis + 1:]
+
+    def at(i: tuple, k: Any) -> tuple:
+        return (*i[:axis], k, *i[axis:])
+
+    k1 = te.reduce_axis((int64(0), n), name="k")
+    row_max = te.compute(reduced, lambda *i: te.max(as_expr(x(*at(i, k1))), axis=k1), name="row_max")
+
+    def shifted(*i: Any) -> Any:
+        return as_expr(x(*i)) - row_max(*i[:axis], *i[axis + 1:])
+
+    e = te.compute(shape, lambda *i: fastmath.exp(shifted(*i)), name="exp")
+    k2 = te.reduce_axis((int64(0), n), name="k")
+    total = te.compute(reduced, lambda *i: te.sum(e(*at(i, k2)), axis=k2), name="row_sum")
+    if log:
+        return te.compute(shape, lambda *i: shifted(*i) - tirx.log(total(*i[:axis], *i[axis + 1:])),
+                          name="log_softmax")
+    return te.compute(shape, lambda *i: e(*i) / total(*i[:axis], *i[axis + 1:]), name="softmax")
+
+
+@converts("softmax", "log_softmax")
+def _convert_softmax(t: Translator, node: Node) -> list[Any]:
+    src = node.inputs[0]
+    axis = node.attrs["axis"] % src.type.rank
+    log = node.op == "log_softmax"
+    return [t.emit_te(lambda x: softmax_te(x, axis, log), t.arg(src), name=node.op)]
