@@ -54,9 +54,35 @@ def find_library() -> Path | None:
     return None
 
 
-def point_engine_at_library() -> Path | None:
-    """Set $QJC_CUBLASLT_LIB for engines loaded in this process (unless the user set it); the path or None."""
+def point_engine_at_library(warn=None) -> Path | None:
+    """Set $QJC_CUBLASLT_LIB for engines loaded in this process (unless the user set it); the path or None.
+    Where neither the wheel nor the dynamic loader has the library, say once (``warn``, default stderr) that
+    the engine will run qjc's own, slower GEMMs."""
     lib = find_library()
     if lib is not None and not os.environ.get(LIBRARY_ENV):
         os.environ[LIBRARY_ENV] = str(lib)
+    if lib is None and not _loader_finds(SONAME) and SONAME not in _warned:
+        _warned.add(SONAME)
+        (warn or _stderr)(f"qjc: this engine calls cuBLASLt for large GEMMs, but {SONAME} was not found: qjc's own, "
+                          "slower GEMMs run instead (pip install nvidia-cublas, or set QJC_CUBLASLT_LIB)")
     return lib
+
+
+SONAME = "libcublasLt.so.13"  # the major version the engine is built against (blaslt.cu.j2 checks it)
+_warned: set[str] = set()
+
+
+def _loader_finds(name: str) -> bool:
+    import ctypes
+
+    try:
+        ctypes.CDLL(name)
+    except OSError:
+        return False
+    return True
+
+
+def _stderr(message: str) -> None:
+    import sys
+
+    print(message, file=sys.stderr)

@@ -4,6 +4,7 @@ sm_90a on a machine without a GPU; the nvcc driver's cache and its errors."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 from pathlib import Path
@@ -249,8 +250,6 @@ def test_engine_opens_cublaslt_and_resolves_every_entry_point(tmp_path):
     """The engine's loader (templates/blaslt.cu.j2) in a host program: it opens the nvidia-cublas wheel's
     library through QJC_CUBLASLT_LIB, checks its major version against the header and finds every function it
     calls; without the variable and with no copy on the loader's path it reports the library missing."""
-    import os
-
     from qjc.backends.cuda.cublaslt_paths import find_include, find_library
     from qjc.backends.cuda.kernels.base import render
 
@@ -273,3 +272,23 @@ def test_engine_opens_cublaslt_and_resolves_every_entry_point(tmp_path):
     ldconfig = shutil.which("ldconfig") or ("/sbin/ldconfig" if Path("/sbin/ldconfig").is_file() else None)
     if ldconfig and "libcublasLt.so" not in subprocess.run([ldconfig, "-p"], capture_output=True, text=True).stdout:
         assert missing.stdout == "0", missing  # no system copy the soname could find
+
+
+def test_a_missing_cublaslt_is_said_once(monkeypatch):
+    """Loading an engine built with cuBLASLt where neither the wheel nor the dynamic loader has the library: one
+    message says qjc's own GEMMs will run and how to get the library; where the wheel has it, the engine is
+    pointed at it and nothing is said."""
+    from qjc.backends.cuda import cublaslt_paths
+
+    said: list[str] = []
+    monkeypatch.delenv("QJC_CUBLASLT_LIB", raising=False)
+    monkeypatch.setattr(cublaslt_paths, "_warned", set())
+    monkeypatch.setattr(cublaslt_paths, "find_library", lambda: None)
+    monkeypatch.setattr(cublaslt_paths, "SONAME", "libqjc_no_such_cublaslt.so.13")
+    assert cublaslt_paths.point_engine_at_library(said.append) is None
+    assert cublaslt_paths.point_engine_at_library(said.append) is None
+    assert len(said) == 1 and "qjc's own, slower GEMMs" in said[0] and "pip install nvidia-cublas" in said[0]
+    wheel = Path("/opt/nvidia/cu13/lib/libcublasLt.so.13")
+    monkeypatch.setattr(cublaslt_paths, "find_library", lambda: wheel)
+    assert cublaslt_paths.point_engine_at_library(said.append) == wheel
+    assert os.environ["QJC_CUBLASLT_LIB"] == str(wheel) and len(said) == 1
