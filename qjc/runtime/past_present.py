@@ -89,10 +89,13 @@ class PastPresentGenerator:
                            f"compile with dims={{'{roles.past_symbol}': (0, N)}} (qjc compile --dim "
                            f"{roles.past_symbol}=0:N)")
         self.max_past = hi
-        batch_dim = specs[roles.tokens].shape[0]
-        # the first step's pasts: batch 1, no positions, the static dims as the signature has them
-        self.empty_pasts = [np.zeros(tuple(1 if d == batch_dim else 0 if isinstance(d, str) else d
-                                           for d in specs[k].shape), dtype=_np_dtype(specs[k].dtype))
+        batch = specs[roles.tokens].shape[0]
+        if isinstance(batch, int) and batch != 1:
+            raise QJCError(f"{engine.path} was compiled for a batch of {batch}; the host loop runs one sequence at "
+                           "a time", "compile with a symbolic batch or dims={'batch': (1, 1)}")
+        # the first step's pasts: batch 1 (axis 0), no positions, the static dims as the signature has them
+        self.empty_pasts = [np.zeros(tuple(1 if axis == 0 else 0 if isinstance(d, str) else d
+                                           for axis, d in enumerate(specs[k].shape)), dtype=_np_dtype(specs[k].dtype))
                             for k in roles.pasts]
 
     def generate_ids(self, prompt: Sequence[int], max_new_tokens: int = 64, sampling: Sampling | None = None,

@@ -324,6 +324,9 @@ def test_generate_on_cpu_feeds_presents_back_as_pasts(model_path, tmp_path):
     assert [s.shape[0] for s in fixed.signature.inputs] == [1] * len(fixed.signature.inputs)
     assert "batch" not in fixed.signature.symbol_ranges
     assert fixed.generate(prompts[1], max_new_tokens=8) == want[1]
+    pair = qjc.compile(model_path, target="cpu", dims={"past": (0, MAX_SEQ), "batch": (2, 2)})
+    with pytest.raises(QJCError, match="batch of 2"):
+        pair.generate(prompts[1], max_new_tokens=2)
     # without a range for the past length its first value is 1: the error says how to compile instead
     default = qjc.compile(model_path, target="cpu", out_dir=tmp_path / "default.qjc")
     with pytest.raises(QJCError, match=r"--dim past=0:N"):
