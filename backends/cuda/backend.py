@@ -153,8 +153,8 @@ def _cublaslt_include(opts: CudaOptions, nvcc: str) -> Path | None:
         return None
     found = find_include(nvcc)
     if found is None and opts.gemm_library == "cublaslt":
-        raise BackendError("gemm_library=cublaslt, but cublasLt.h was not found next to nvcc, in $CUDA_HOME, "
-                           "/usr/local/cuda or an nvidia-cublas wheel",
+        raise BackendError("gemm_library=cublaslt, but cublasLt.h was not found in $QJC_CUBLAS_INCLUDE, next to "
+                           "nvcc, in $CUDA_HOME, $CUDA_PATH, /usr/local/cuda or an nvidia-cublas wheel",
                            "pip install nvidia-cublas, set QJC_CUBLAS_INCLUDE to its directory, or pass "
                            "-O gemm_library=qjc")
     return found

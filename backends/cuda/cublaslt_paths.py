@@ -15,6 +15,8 @@ from pathlib import Path
 HEADER = "cublasLt.h"
 INCLUDE_ENV = "QJC_CUBLAS_INCLUDE"  # a directory holding cublasLt.h, tried first
 LIBRARY_ENV = "QJC_CUBLASLT_LIB"  # the library's path; read by the engine itself
+SONAME = "libcublasLt.so.13"  # the major version the engine is built against (blaslt.cu.j2 checks it)
+_warned: set[str] = set()
 
 
 def _wheel_dirs(sub: str) -> list[Path]:
@@ -61,15 +63,12 @@ def point_engine_at_library(warn=None) -> Path | None:
     lib = find_library()
     if lib is not None and not os.environ.get(LIBRARY_ENV):
         os.environ[LIBRARY_ENV] = str(lib)
-    if lib is None and not _loader_finds(SONAME) and SONAME not in _warned:
+    if lib is None and SONAME not in _warned and not _loader_finds(SONAME):
         _warned.add(SONAME)
         (warn or _stderr)(f"qjc: this engine calls cuBLASLt for large GEMMs, but {SONAME} was not found: qjc's own, "
                           "slower GEMMs run instead (pip install nvidia-cublas, or set QJC_CUBLASLT_LIB)")
     return lib
 
-
-SONAME = "libcublasLt.so.13"  # the major version the engine is built against (blaslt.cu.j2 checks it)
-_warned: set[str] = set()
 
 
 def _loader_finds(name: str) -> bool:

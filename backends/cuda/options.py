@@ -70,8 +70,8 @@ class CudaOptions(TargetOptions):
     # no norm kernel, the GEMV sums the row's squares in its main loop (see plan.Planner.norm_prologue).
     norm_prologue: bool = True
     # Keep int8 / int4 / fp8 linear weights quantized and dequantize them in the GEMV / CUDA-core
-    # GEMM (off: such weights are expanded to float at compile time). Off by default until the
-    # kernels have run on a GPU.
+    # GEMM (off: such weights are expanded to float at compile time). Their kernels pass the GPU tests;
+    # off by default until the real-GGUF generation tests have run with them on a GPU.
     quant_kernels: bool = False
     # Large-M GEMMs of dense f32 / f16 / bf16 weights: "cublaslt" calls cuBLASLt (its header must be found at
     # build time: a CUDA toolkit or the nvidia-cublas wheel; the engine opens the library at run time and

@@ -46,7 +46,39 @@ def sample(logits: np.ndarray, sampling: Sampling, rng: np.random.Generator) -> 
     return int(order[rng.choice(len(order), p=probs)])
 
 
-class Generator:
+class PromptLoop:
+    """What every host generation loop shares: prompts as text (through the artifact's tokenizer), token ids or
+    a list of either, and the sampling options; a subclass generates the ids of one prompt."""
+
+    engine: Any
+    _tokenizer: Any = None
+
+    def generate_ids(self, prompt: Sequence[int], max_new_tokens: int = 64, sampling: Sampling | None = None,
+                     stop_ids: Sequence[int] | None = None, on_token: Callable[[int], None] | None = None) -> list[int]:
+        raise NotImplementedError
+
+    @property
+    def tokenizer(self):
+        if self._tokenizer is None:
+            self._tokenizer = load_tokenizer(self.engine)
+        return self._tokenizer
+
+    def generate(self, prompt: str | Sequence[int] | Sequence[str] | Sequence[Sequence[int]],
+                 max_new_tokens: int = 64, **options: Any):
+        """Text in -> text out; token ids in -> ids out; a list of prompts -> a list of results."""
+        sampling = Sampling(**{k: options.pop(k) for k in list(options) if k in Sampling.__dataclass_fields__})
+        if isinstance(prompt, str):
+            ids = self.tokenizer.encode(prompt)
+            return self.tokenizer.decode(self.generate_ids(ids, max_new_tokens, sampling, **options),
+                                         skip_special_tokens=True)
+        prompt = list(prompt)
+        if prompt and isinstance(prompt[0], (str, list, tuple, np.ndarray)):
+            return [self.generate(p if isinstance(p, str) else list(p), max_new_tokens, **dict(options, **{
+                k: getattr(sampling, k) for k in Sampling.__dataclass_fields__})) for p in prompt]
+        return self.generate_ids(prompt, max_new_tokens, sampling, **options)
+
+
+class Generator(PromptLoop):
     """Prefill + token-by-token decode over one engine; the caches live here between steps."""
 
     def __init__(self, engine: Any) -> None:
@@ -61,14 +93,14 @@ class Generator:
                            f"this one was compiled for batch {llm['batch']}")
         self.max_seq = int(llm["max_seq"])
         self.state_specs = engine.signature.inputs[2:]
-        self._tokenizer = None
 
     def _fresh_state(self) -> list[np.ndarray]:
         return [np.zeros(tuple(int(d) for d in s.shape), dtype=_np_dtype(s.dtype)) for s in self.state_specs]
 
-    def generate_ids(self, prompt: Sequence[int], max_new_tokens: int = 64, sampling: Sampling = Sampling(),
+    def generate_ids(self, prompt: Sequence[int], max_new_tokens: int = 64, sampling: Sampling | None = None,
                      stop_ids: Sequence[int] | None = None, on_token: Callable[[int], None] | None = None) -> list[int]:
         """New token ids after ``prompt`` (the prompt itself is not repeated)."""
+        sampling = sampling or Sampling()
         prompt = [int(t) for t in prompt]
         if not prompt:
             raise QJCError("generate: the prompt is empty")
@@ -92,26 +124,6 @@ class Generator:
             positions = np.asarray([positions[-1] + 1], dtype=np.int64)
             tokens = np.asarray([[token]], dtype=np.int64)
         return out
-
-    @property
-    def tokenizer(self):
-        if self._tokenizer is None:
-            self._tokenizer = load_tokenizer(self.engine)
-        return self._tokenizer
-
-    def generate(self, prompt: str | Sequence[int] | Sequence[str] | Sequence[Sequence[int]],
-                 max_new_tokens: int = 64, **options: Any):
-        """Text in -> text out; token ids in -> ids out; a list of prompts -> a list of results."""
-        sampling = Sampling(**{k: options.pop(k) for k in list(options) if k in Sampling.__dataclass_fields__})
-        if isinstance(prompt, str):
-            ids = self.tokenizer.encode(prompt)
-            return self.tokenizer.decode(self.generate_ids(ids, max_new_tokens, sampling, **options),
-                                         skip_special_tokens=True)
-        prompt = list(prompt)
-        if prompt and isinstance(prompt[0], (str, list, tuple, np.ndarray)):
-            return [self.generate(p if isinstance(p, str) else list(p), max_new_tokens, **dict(options, **{
-                k: getattr(sampling, k) for k in Sampling.__dataclass_fields__})) for p in prompt]
-        return self.generate_ids(prompt, max_new_tokens, sampling, **options)
 
 
 class TextStream:

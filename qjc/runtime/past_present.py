@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from qjc.errors import QJCError
-from qjc.runtime.generation import Sampling, sample
+from qjc.runtime.generation import PromptLoop, Sampling, _np_dtype, sample
 
 TOKEN_INPUTS = ("input_ids",)
 PAST_PREFIXES = (("past_key_values", "present"), ("past", "present"))
@@ -75,8 +75,9 @@ def match_signature(engine: Any) -> PastPresentSignature | None:
     return PastPresentSignature(tokens, mask, positions, pasts, presents, logits, symbols.pop())
 
 
-class PastPresentGenerator:
-    """Prefill + token-by-token decode over one past/present engine (see the module docstring)."""
+class PastPresentGenerator(PromptLoop):
+    """Prefill + token-by-token decode over one past/present engine (see the module docstring). Token ids
+    only: an ONNX file carries no tokenizer."""
 
     def __init__(self, engine: Any, roles: PastPresentSignature) -> None:
         self.engine = engine
@@ -134,22 +135,6 @@ class PastPresentGenerator:
             past_len += len(step)
             step = [token]
         return out
-
-    def generate(self, prompt: Any, max_new_tokens: int = 64, **options: Any) -> Any:
-        """Token ids in -> ids out; a list of prompts -> a list of results (ONNX files carry no tokenizer)."""
-        sampling = Sampling(**{k: options.pop(k) for k in list(options) if k in Sampling.__dataclass_fields__})
-        if isinstance(prompt, str):
-            raise QJCError(f"{self.engine.path} has no tokenizer; pass token ids instead of text")
-        prompt = list(prompt)
-        if prompt and isinstance(prompt[0], (str, list, tuple, np.ndarray)):
-            return [self.generate_ids(list(p), max_new_tokens, sampling, **options) for p in prompt]
-        return self.generate_ids(prompt, max_new_tokens, sampling, **options)
-
-
-def _np_dtype(name: str) -> np.dtype:
-    from qjc.ir.dtypes import parse_dtype
-
-    return parse_dtype(name).np_dtype
 
 
 __all__ = ["PastPresentGenerator", "PastPresentSignature", "match_signature"]

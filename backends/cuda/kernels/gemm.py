@@ -138,12 +138,10 @@ def _blaslt_facts(ctx: KernelContext, params: Params, workspaces: list[Workspace
         facts.update(lt_bias_index=int(params.ptr(bias)[1:]), lt_bias_type=LT_TYPES[bias.type.dtype.name])
     if direct:
         facts.update(lt_d_index=int(params.ptr(out, write=True)[1:]), lt_d_type=LT_TYPES[out.type.dtype.name])
-    elif rounded:
-        facts.update(lt_d_index=len(params.values) + len(workspaces), lt_d_type=LT_TYPES[dtype.name])
-        workspaces.append(Workspace(dtype, product(o_shape)))
-    else:
-        facts.update(lt_d_index=len(params.values) + len(workspaces), lt_d_type=LT_TYPES["f32"])
-        workspaces.append(Workspace(f32, product(o_shape)))
+    else:  # the product in a workspace: rounded to A's 16-bit dtype, or f32
+        d_dtype = dtype if rounded else f32
+        facts.update(lt_d_index=len(params.values) + len(workspaces), lt_d_type=LT_TYPES[d_dtype.name])
+        workspaces.append(Workspace(d_dtype, product(o_shape)))
     if shared_ws is None:
         shared_ws = len(params.values) + len(workspaces)
         workspaces.append(Workspace(f32, LT_WORKSPACE_FLOATS))

@@ -24,9 +24,18 @@ from qjc.ir.graph import Graph
 from qjc.ir.types import parse_type
 
 
-def _ctx(g: Graph, materialized) -> KernelContext:
+def _ctx(g: Graph, materialized, blaslt: bool = False) -> KernelContext:
     return KernelContext(SymbolTable(g.symbols), {n: (r.lo, r.hi) for n, r in g.symbols.items()},
-                         lambda v: v in materialized)
+                         lambda v: v in materialized, blaslt=blaslt)
+
+
+def _plain_linear(x_type: str, w_type: str, blaslt: bool = False):
+    """The GEMM step of y = linear(x, w) with no epilogue ops, and its graph."""
+    g = Graph()
+    x = g.add_input("x", parse_type(x_type))
+    w = g.add_input("w", parse_type(w_type))
+    y = g.op("linear", x, w)
+    return gemm_kernel(_ctx(g, {x, w, y}, blaslt), y.producer, [y]).finalize(), g
 
 
 def test_elementwise_kernel_vectorizes_and_inlines_the_chain():
@@ -90,11 +99,7 @@ def test_gemm_kernel_carries_its_epilogue_and_tensor_cores():
 
 
 def test_gemv_path_for_small_m_with_split_k():
-    g = Graph()
-    x = g.add_input("x", parse_type("bf16[1,576]"))
-    w = g.add_input("w", parse_type("bf16[576,576]"))
-    y = g.op("linear", x, w)
-    k = gemm_kernel(_ctx(g, {x, w, y}), y.producer, [y]).finalize()
+    k, _ = _plain_linear("bf16[1,576]", "bf16[576,576]")
     assert "gemv<" in k.code and "last_split(tickets)" in k.code  # the last K split applies the epilogue
     assert [w.persistent for w in k.workspaces[:2]] == [False, True], "partial sums, then persistent tickets"
 
@@ -293,11 +298,6 @@ def test_options_and_capabilities():
         CudaBackend().lower(Graph(), NpuStubOptions(), None)
 
 
-def _lt_ctx(g: Graph, materialized) -> KernelContext:
-    return KernelContext(SymbolTable(g.symbols), {n: (r.lo, r.hi) for n, r in g.symbols.items()},
-                         lambda v: v in materialized, blaslt=True)
-
-
 def test_large_m_linear_calls_cublaslt_with_its_bias_epilogue_straight_into_the_output():
     g = Graph()
     g.add_symbol("seq", 1, 512)
@@ -305,7 +305,7 @@ def test_large_m_linear_calls_cublaslt_with_its_bias_epilogue_straight_into_the_
     w = g.add_input("w", parse_type("bf16[128,64]"))
     bias = g.add_input("bias", parse_type("bf16[128]"))
     y = g.op("linear", x, w, bias)
-    k = gemm_kernel(_lt_ctx(g, {x, w, bias, y}), y.producer, [y]).finalize()
+    k = gemm_kernel(_ctx(g, {x, w, bias, y}, blaslt=True), y.producer, [y]).finalize()
     code = k.code
     assert k.notes["blaslt"] and "qjc_lt_matmul(g, stream) == 0" in code
     assert "g.d = p[2];" in code and "g.bias = p[3];" in code and "g.d_type = 2;" in code  # bf16 out, the bias fused
@@ -325,7 +325,7 @@ def _linear_gelu_residual(dtype: str, n: int):
     res = g.add_input("res", parse_type(f"{dtype}[64,{n}]"))
     y = g.op("linear", x, w, bias)
     out = g.op("add", g.op("gelu", y), res)
-    return gemm_kernel(_lt_ctx(g, {x, w, bias, res, out}), y.producer, [out]).finalize()
+    return gemm_kernel(_ctx(g, {x, w, bias, res, out}, blaslt=True), y.producer, [out]).finalize()
 
 
 def test_cublaslt_product_goes_through_the_generated_epilogue_when_ops_are_fused():
@@ -344,15 +344,11 @@ def test_cublaslt_product_goes_through_the_generated_epilogue_when_ops_are_fused
 
 
 def test_fp32_linears_take_cublaslt_and_batched_matmuls_keep_qjcs_kernel():
-    g = Graph()
-    x = g.add_input("x", parse_type("f32[64,64]"))
-    w = g.add_input("w", parse_type("f32[128,64]"))
-    y = g.op("linear", x, w)
-    k = gemm_kernel(_lt_ctx(g, {x, w, y}), y.producer, [y]).finalize()
+    k, g = _plain_linear("f32[64,64]", "f32[128,64]", blaslt=True)
     assert k.notes["blaslt"] and "g.ab_type = 0;" in k.code  # f32 in, exact f32 accumulation (no TF32)
     assert "gemm_simt" in k.code  # the fallback
     q = g.add_input("q", parse_type("bf16[2,4,16,32]"))
     kk = g.add_input("kk", parse_type("bf16[2,4,32,16]"))
     s = g.op("matmul", q, kk)
-    batched = gemm_kernel(_lt_ctx(g, {q, kk, s}), s.producer, [s]).finalize()
+    batched = gemm_kernel(_ctx(g, {q, kk, s}, blaslt=True), s.producer, [s]).finalize()
     assert not batched.notes["blaslt"]  # batched products keep qjc's kernel
