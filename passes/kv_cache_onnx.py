@@ -64,8 +64,10 @@ class PagedKVCacheONNX:
             return graph
         if self.strict:
             return self._page(graph, layout, ctx)
-        try:  # on a copy: a failure half way leaves nothing changed
-            return self._page(graph.copy(), layout, ctx)
+        try:
+            if not _PastPresent(graph, layout, self.position_input, self.mask_input).find():
+                return graph  # no past/present pair (every torch-exported decoder, every encoder): nothing to copy
+            return self._page(graph.copy(), layout, ctx)  # on a copy: a failure half way leaves nothing changed
         except QJCError as e:
             ctx.note(self.name, f"caches left unpaged: {e}")
             return graph
@@ -201,9 +203,6 @@ class _PastPresent(_Rewriter):
         g.state = [p.name for p in pools]
         g.forget_names(dropped)
         self._drop_unused_symbols()
-        llm = g.meta.get("llm")
-        if llm is not None:
-            g.meta["llm"] = dict(llm, kv_cache=self.manifest_section(pools[0], llm.get("kv_cache", {})))
 
     def _drop_unused_symbols(self) -> None:
         """The past and mask lengths leave with their inputs; any op still sized by them is an error."""

@@ -118,7 +118,7 @@ class Planner:
         self.blaslt = blaslt
         self.g = prepared.graph
         self.local_fusion = local_fusion
-        self.norm_prologues = norm_prologue
+        self.use_norm_prologue = norm_prologue
         self.syms = SymbolTable(self.g.symbols)
         self.ranges = {n: (r.lo, r.hi) for n, r in self.g.symbols.items()}
         self.users: dict[int, list[Node]] = {}
@@ -266,7 +266,7 @@ class Planner:
         1620 against 1435 us per step, the GEMVs paying more than the norm kernels cost)."""
         a = linear.inputs[0]
         k = a.type.shape[-1] if a.type.rank else None
-        if (not self.local_fusion or not self.norm_prologues or a in linear.inputs[1:]
+        if (not self.local_fusion or not self.use_norm_prologue or a in linear.inputs[1:]
                 or not isinstance(k, int) or k > NORM_PROLOGUE_MAX_K
                 or a.type.dtype.name not in ("f32", "f16", "bf16")):
             return None
@@ -299,8 +299,13 @@ class Planner:
         """Whether the planner computes ``producer``'s result inside ``consumer``'s kernel: a norm as the
         core of the elementwise ops after it (as ``_absorbable`` decides), anything else as ``joins``."""
         if producer.op == "rms_norm":
-            return self.region(consumer) == self.region(producer) or (self.local_fusion and self.soft(consumer))
+            return self._epilogue_of(consumer, producer)
         return self.joins(producer, consumer)
+
+    def _epilogue_of(self, user: Node, core: Node) -> bool:
+        """Whether ``user`` may run inside ``core``'s kernel, after it: same fused region, or a soft boundary
+        that local fusion crosses."""
+        return self.region(user) == self.region(core) or (self.local_fusion and self.soft(user))
 
     def _absorbable(self, core: Node) -> bool:
         if core.op not in EPILOGUE_CORES or not self.fusing(core):
@@ -312,7 +317,7 @@ class Planner:
         if core.op == "rms_norm" and len(users) == 1 and users[0].op == "linear" and users[0].inputs[0] is o:
             return self.norm_prologue(users[0]) is core
         return bool(users) and all(
-            u.op in ELEMENTWISE_OPS and (self.region(u) == self.region(core) or (self.local_fusion and self.soft(u)))
+            u.op in ELEMENTWISE_OPS and self._epilogue_of(u, core)
             and tuple(u.outputs[0].type.shape) == tuple(o.type.shape) for u in users)
 
     def materialization(self) -> tuple[set[int], set[int]]:
@@ -522,8 +527,11 @@ class Planner:
                 merged = {id(v) for p in plans for v in p.extra_outputs}
                 if not co and not merged:
                     raise BackendError("cuda lowering: the kernels depend on each other in a cycle")
-                self.forced |= co
-                self.no_merge |= merged
+                # co-products first: merged epilogues go only if the plan still has a cycle without them
+                if co:
+                    self.forced |= co
+                else:
+                    self.no_merge |= merged
                 continue
             return self.build_program(mat, [plans[i] for i in order], [sources[i] for i in order])
         raise BackendError("cuda lowering did not converge")  # pragma: no cover
