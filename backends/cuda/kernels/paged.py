@@ -19,6 +19,9 @@ MIN_CHUNK = 32  # keys per slice at least: two rounds of a CTA's key groups at h
 MAX_SPLITS = 32
 MAX_TICKETS = 1024  # (row, kv head) pairs that may split: more CTAs than that fill the GPU unsplit
 PART_SLOTS = 2048  # CTAs x kv heads whose partials fit the workspace (the launcher splits no further)
+# CTAs per SM the key slices aim for: with many rows (batched decode) two per SM left each CTA hundreds of keys
+# walked in dependent rounds; the default is the best of 2/4/8 measured on an H200 (bench/RESULTS.md)
+CTAS_PER_SM = 4
 
 
 def lane_layout(d: int, itemsize: int) -> tuple[int, int, int]:
@@ -100,7 +103,7 @@ def paged_attention_kernel(ctx: KernelContext, node: Node,
     source = render(
         "paged_attention.cu.j2", nptr=len(params.values), nsym=ctx.nsym, t_ctype=ctype(q.type.dtype),
         pos_ctype=ctype(positions.type.dtype), group=group, q_at=q_at, ve=ve, lpk=lpk, nv=nv,
-        min_chunk=MIN_CHUNK, max_tickets=MAX_TICKETS, part_slots=PART_SLOTS,
+        min_chunk=MIN_CHUNK, ctas_per_sm=CTAS_PER_SM, max_tickets=MAX_TICKETS, part_slots=PART_SLOTS,
         decls="\n".join("    " + d for d in params.declarations()), k_index=int(k_ptr[1:]),
         v_index=int(v_ptr[1:]), table_index=int(table_ptr[1:]), pos_index=int(pos_ptr[1:]),
         o_index=int(o_ptr[1:]), b_host=ctx.host_dim(q.type.shape[0]), s_host=ctx.host_dim(q.type.shape[2]),

@@ -54,25 +54,21 @@ def _paged_graph(layout: str, batch: int, seq: int, hq: int, hkv: int, dim: int,
     return g
 
 
-@pytest.mark.parametrize("layout", ["bhsd", "bshd"])
-@pytest.mark.parametrize("dtype,tol", [("f32", 1e-4), ("bf16", 3e-2), ("f16", 5e-3)])
-@pytest.mark.parametrize("seq,dim,hq", [(1, 64, 6), (5, 64, 6), (3, 16, 6), (1, 128, 6), (1, 80, 2), (2, 64, 8)])
-def test_paged_kernels_match_interpreter(tmp_path, layout, dtype, tol, seq, dim, hq):
+def _check_paged_kernels(tmp_path, layout, dtype, tol, *, batch, seq, dim, hq, hkv, bs, max_blocks, blocks,
+                         starts_list):
     import qjc
 
-    batch, hkv, bs, max_blocks, blocks = 3, 2, 8, 40, 128
     g = _paged_graph(layout, batch, seq, hq, hkv, dim, blocks, bs, max_blocks, dtype)
     rng = np.random.default_rng()
     npt = parse_dtype(dtype).np_dtype
     pool_shape = tuple(g.inputs[0].type.shape)
     table = rng.permutation(blocks)[: batch * max_blocks].reshape(batch, max_blocks).astype(np.int32)
     engine = qjc.compile(g, target="cuda", archs=(_arch(),), out_dir=tmp_path / "paged.qjc")
-    # twice: the key slices' merge rearms its arrival counters for the next run (or replay)
-    for starts in ([300, 4, 17], [250, 31, 2]):
+    # at least twice: the key slices' merge rearms its arrival counters for the next run (or replay)
+    for starts in starts_list:
         pools = [rng.standard_normal(pool_shape).astype(npt) for _ in range(2)]
-        # different lengths: long context (many key slices), short, and one padded row
         positions = np.stack([np.arange(s, s + seq) for s in starts]).astype(np.int64)
-        positions[2, -1] = -1
+        positions[-1, -1] = -1  # a padded row
         q, k, v = (rng.standard_normal((batch, h, seq, dim)).astype(npt) for h in (hq, hkv, hkv))
         inputs = [*pools, table, positions, q, k, v]
         got = engine(*inputs)
@@ -80,7 +76,26 @@ def test_paged_kernels_match_interpreter(tmp_path, layout, dtype, tol, seq, dim,
         for name, a, b in zip(("attention", "k_pool", "v_pool"), got, want):
             a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
             err = np.abs(a - b).max() / max(np.abs(b).max(), 1e-6)
-            assert err < tol, f"{name} (starts {starts}): relative error {err:.2e}"
+            assert err < tol, f"{name} (starts {list(starts)}): relative error {err:.2e}"
+
+
+@pytest.mark.parametrize("layout", ["bhsd", "bshd"])
+@pytest.mark.parametrize("dtype,tol", [("f32", 1e-4), ("bf16", 3e-2), ("f16", 5e-3)])
+@pytest.mark.parametrize("seq,dim,hq", [(1, 64, 6), (5, 64, 6), (3, 16, 6), (1, 128, 6), (1, 80, 2), (2, 64, 8)])
+def test_paged_kernels_match_interpreter(tmp_path, layout, dtype, tol, seq, dim, hq):
+    # different lengths: long context (many key slices), short, and one padded row
+    _check_paged_kernels(tmp_path, layout, dtype, tol, batch=3, seq=seq, dim=dim, hq=hq, hkv=2, bs=8,
+                         max_blocks=40, blocks=128, starts_list=([300, 4, 17], [250, 31, 2]))
+
+
+@pytest.mark.parametrize("dtype,tol", [("f32", 1e-4), ("bf16", 3e-2)])
+def test_paged_attention_of_a_wide_decode_batch(tmp_path, dtype, tol):
+    # batched decode as in bench/decode.py's batch 32 (SmolLM2's heads): 96 (row, kv head) pairs, so the
+    # launcher's slice count comes from the CTAs-per-SM aim, not from the cap on slices
+    rng = np.random.default_rng()
+    starts_list = [rng.integers(0, 600, 32) for _ in range(2)]
+    _check_paged_kernels(tmp_path, "bhsd", dtype, tol, batch=32, seq=1, dim=64, hq=9, hkv=3, bs=16,
+                         max_blocks=42, blocks=32 * 42, starts_list=starts_list)
 
 
 # ---- SmolLM2 with real weights --------------------------------------------------------------------
@@ -277,6 +292,32 @@ def test_random_llama_greedy_and_batching_match_transformers(random_llama):
         want.append(out[0, len(p):].tolist())
     assert engine.generate(prompts, max_new_tokens=24, stop_ids=[]) == want
     assert engine.generate(prompts[2], max_new_tokens=24, stop_ids=[]) == want[2]
+
+
+@pytest.mark.parametrize("length", [1, 16, 17, 37, 64, 120])
+def test_random_llama_fp32_prefill_logits_match_float64(random_llama, length):
+    """The engine's raw forward (prefill of one prompt in slot 0, the other slots padding) against transformers
+    in float64: fp32 kernels must stay at fp32 rounding error, well below the top-2 logit gaps that greedy
+    decoding depends on."""
+    import copy
+
+    model, engine = random_llama
+    rng = np.random.default_rng()
+    prompt = rng.integers(0, 1000, length)
+    slots, max_blocks = 4, 10
+    tokens = np.zeros((slots, length), np.int64)
+    tokens[0] = prompt
+    positions = -np.ones((slots, length), np.int64)
+    positions[0] = np.arange(length)
+    table = np.arange(slots * max_blocks, dtype=np.int32).reshape(slots, max_blocks)
+    pools = [np.zeros((slots * max_blocks, 2, 16, 32), np.float32) for _ in range(6)]
+    got = np.asarray(engine(tokens, positions, table, *pools)[0], np.float64)[0]
+    with torch.no_grad():
+        want = copy.deepcopy(model).double()(torch.tensor(prompt[None])).logits[0].numpy()
+    err = np.abs(got - want).max(axis=-1)
+    scale = np.abs(want).max()
+    assert err.max() < 1e-4 * scale, (f"{length} tokens: worst row {int(err.argmax())} off by {err.max():.2e} "
+                                      f"(logits up to {scale:.2f}); per row {np.round(err, 6).tolist()}")
 
 
 def test_qjc_bench_reports_prefill_decode_and_latency(random_llama, capsys):
