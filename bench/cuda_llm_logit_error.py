@@ -24,9 +24,11 @@ VARIANTS = {"default": {}, "no norm prologue": {"norm_prologue": False}, "own GE
             "no local fusion": {"local_fusion": False}, "no CUDA graphs": {"cuda_graphs": False}}
 LENGTHS = (1, 5, 16, 17, 37, 64, 120)
 SLOTS, MAX_SEQ, BLOCK = 4, 160, 16
+BUILD = {"max_seq": MAX_SEQ, "batch": SLOTS, "kv_block_size": BLOCK}  # the engine's slots and KV pool
 
 
-def random_llama(root: Path) -> transformers.LlamaForCausalLM:
+def random_llama() -> transformers.LlamaForCausalLM:
+    """A small Llama with GQA and peaked logits (weights N(0, 0.1)), the same model on every call."""
     torch.manual_seed(0)
     cfg = transformers.LlamaConfig(hidden_size=256, intermediate_size=512, num_hidden_layers=3, num_attention_heads=8,
                                    num_key_value_heads=2, head_dim=32, vocab_size=1000, max_position_embeddings=512)
@@ -35,11 +37,11 @@ def random_llama(root: Path) -> transformers.LlamaForCausalLM:
         for p in model.parameters():
             if p.ndim >= 2:
                 p.normal_(0.0, 0.1)
-    model.save_pretrained(root / "model")
-    return transformers.LlamaForCausalLM.from_pretrained(root / "model", torch_dtype=torch.float64).eval()
+    return model
 
 
 def forward_inputs(prompt: np.ndarray) -> list[np.ndarray]:
+    """The raw forward's inputs for one prompt in slot 0, the other slots padding, empty pools."""
     n, max_blocks = len(prompt), MAX_SEQ // BLOCK
     tokens = np.zeros((SLOTS, n), np.int64)
     tokens[0] = prompt
@@ -55,7 +57,8 @@ def main() -> int:
     parser.add_argument("--work", help="directory for the model and the artifacts (default: a new temporary one)")
     args = parser.parse_args()
     root = Path(args.work or tempfile.mkdtemp())
-    model64 = random_llama(root)
+    random_llama().save_pretrained(root / "model")
+    model64 = transformers.LlamaForCausalLM.from_pretrained(root / "model", torch_dtype=torch.float64).eval()
     rng = np.random.default_rng(5)
     prompts = {n: rng.integers(0, 1000, n) for n in LENGTHS}
     with torch.no_grad():
@@ -63,8 +66,7 @@ def main() -> int:
     for name, options in VARIANTS.items():
         t0 = time.perf_counter()
         out = root / name.replace(" ", "_")
-        qjc.api.build(str(root / "model"), out, target="cuda", dtype="fp32", max_seq=MAX_SEQ, batch=SLOTS,
-                      kv_block_size=BLOCK, **options)
+        qjc.api.build(str(root / "model"), out, target="cuda", dtype="fp32", **BUILD, **options)
         engine = qjc.load(out)
         parts = []
         for n, prompt in prompts.items():

@@ -260,23 +260,27 @@ def test_generate_text_and_decode_benchmark(smollm2, smollm2_fp32):
 # ---- random weights (no download): the loop against transformers ---------------------------------------
 
 
+def _logit_error_bench():
+    """bench/cuda_llm_logit_error.py: the random Llama and its raw-forward inputs, shared with that diagnostic."""
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[3] / "bench" / "cuda_llm_logit_error.py"
+    spec = importlib.util.spec_from_file_location("bench_cuda_llm_logit_error", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 @pytest.fixture(scope="module")
 def random_llama(tmp_path_factory):
     """A small Llama with GQA and peaked logits (weights N(0, 0.1)), so greedy tokens are stable."""
     import qjc
 
-    torch.manual_seed(0)
-    cfg = transformers.LlamaConfig(hidden_size=256, intermediate_size=512, num_hidden_layers=3, num_attention_heads=8,
-                                   num_key_value_heads=2, head_dim=32, vocab_size=1000, max_position_embeddings=512)
-    model = transformers.LlamaForCausalLM(cfg).eval()
-    with torch.no_grad():
-        for p in model.parameters():
-            if p.ndim >= 2:
-                p.normal_(0.0, 0.1)
+    bench = _logit_error_bench()
+    model = bench.random_llama()
     root = tmp_path_factory.mktemp("random_llama")
     model.save_pretrained(root / "model")
-    qjc.api.build(str(root / "model"), root / "fp32.qjc", target="cuda", archs=(_arch(),), dtype="fp32", max_seq=160,
-                  batch=4, kv_block_size=16)
+    qjc.api.build(str(root / "model"), root / "fp32.qjc", target="cuda", archs=(_arch(),), dtype="fp32", **bench.BUILD)
     return model, qjc.load(root / "fp32.qjc")
 
 
@@ -302,16 +306,8 @@ def test_random_llama_fp32_prefill_logits_match_float64(random_llama, length):
     import copy
 
     model, engine = random_llama
-    rng = np.random.default_rng()
-    prompt = rng.integers(0, 1000, length)
-    slots, max_blocks = 4, 10
-    tokens = np.zeros((slots, length), np.int64)
-    tokens[0] = prompt
-    positions = -np.ones((slots, length), np.int64)
-    positions[0] = np.arange(length)
-    table = np.arange(slots * max_blocks, dtype=np.int32).reshape(slots, max_blocks)
-    pools = [np.zeros((slots * max_blocks, 2, 16, 32), np.float32) for _ in range(6)]
-    got = np.asarray(engine(tokens, positions, table, *pools)[0], np.float64)[0]
+    prompt = np.random.default_rng().integers(0, 1000, length)
+    got = np.asarray(engine(*_logit_error_bench().forward_inputs(prompt))[0], np.float64)[0]
     with torch.no_grad():
         want = copy.deepcopy(model).double()(torch.tensor(prompt[None])).logits[0].numpy()
     err = np.abs(got - want).max(axis=-1)
