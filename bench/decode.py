@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import copy
+import functools
 import gc
 import json
 import platform
@@ -361,6 +362,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--shapes", default="smollm2-135m,llama-3.2-1b", help=f"comma list of {', '.join(SHAPES)}")
     parser.add_argument("--batches", default="1,32", help="comma list of batch sizes")
     parser.add_argument("--context", type=int, default=512, help="tokens in the cache when the timed steps start")
+    parser.add_argument("--qjc-first", action="store_true",
+                        help="time qjc before torch.compile in each row (by default torch runs first; comparing the "
+                             "two orders shows what one side's leftovers cost the other)")
     parser.add_argument("--steps", type=int, default=128, help="timed decode steps per run")
     parser.add_argument("--warmup", type=int, default=16, help="untimed decode steps first (torch: includes compile)")
     parser.add_argument("--repeats", type=int, default=3, help="timed runs of --steps for torch; the median counts")
@@ -463,20 +467,17 @@ def main(argv: list[str] | None = None) -> int:
                 row: dict[str, Any] = {"shape": shape_name, "batch": batch, "context": args.context,
                                        "steps": args.steps, "weight_bytes": weight_bytes, "kv_bytes": kv_bytes,
                                        "floor_us": floor_us}
-                if not args.skip_torch:
+                sides = {"torch": functools.partial(run_torch, config, model, batch, args, device, dtype),
+                         "qjc": functools.partial(run_qjc, model_dir, work, batch, args, device)}
+                for side in ("qjc", "torch") if args.qjc_first else ("torch", "qjc"):
+                    if getattr(args, f"skip_{side}"):
+                        continue
                     try:
-                        row.update(run_torch(config, model, batch, args, device, dtype))
+                        row.update(sides[side]())
                     except Exception as exc:  # noqa: BLE001 - a failed side is reported in its row
                         traceback.print_exc()
-                        row["torch_error"] = _error(exc)
-                        log(f"  torch failed: {row['torch_error']}")
-                if not args.skip_qjc:
-                    try:
-                        row.update(run_qjc(model_dir, work, batch, args, device))
-                    except Exception as exc:  # noqa: BLE001 - a failed side is reported in its row
-                        traceback.print_exc()
-                        row["qjc_error"] = _error(exc)
-                        log(f"  qjc failed: {row['qjc_error']}")
+                        row[f"{side}_error"] = _error(exc)
+                        log(f"  {side} failed: {row[f'{side}_error']}")
                 for side in ("torch", "qjc"):
                     if f"{side}_us_per_step" in row:
                         row[f"{side}_pct_of_floor"] = floor_us / row[f"{side}_us_per_step"] * 100
