@@ -5,7 +5,7 @@ kv_cache_onnx.py may drop the mask.
 The mask's producers are read symbolically, not evaluated: every tensor in its cone becomes an
 expression over the tensor's own axes (an index expression, a conjunction of conditions, or an
 additive mask), and each op maps expressions to expressions. An op or operand outside the small
-vocabulary exporters use (iota, shape scalars, unsqueeze/expand/squeeze, comparisons, logical_and,
+vocabulary exporters use (iota, also as a folded constant, shape scalars, unsqueeze/expand/squeeze, comparisons, logical_and,
 the attention mask gathered at [batch, key], where(cond, 0, -big)) stops the proof and is named.
 
 Index expressions are ``base + offset``: base None (a scalar), ("idx", axis, extent) (the
@@ -116,7 +116,13 @@ class MaskProver:
                 return Index(None, int(data.reshape(-1)[0]))
             if data.size == 1 and data.dtype.kind == "f":
                 return Scalar(float(data.reshape(-1)[0]))
-            raise NotProven(None, f"constant %{v.name} is neither all-true nor a scalar")
+            # an iota that constant folding evaluated (over a static batch, say): c, c + 1, ... along one axis
+            long = [a for a, n in enumerate(data.shape) if n > 1]
+            if data.dtype.kind in "iu" and len(long) == 1:
+                line = data.reshape(-1).astype(np.int64)
+                if np.array_equal(line - line[0], np.arange(line.size)):
+                    return Index(("idx", long[0], int(line.size)), int(line[0]))
+            raise NotProven(None, f"constant %{v.name} is neither all-true, a scalar nor a range along one axis")
         if v is self.pos:
             return Index(("pos", 0, 1))
         node = v.producer

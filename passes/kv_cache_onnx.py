@@ -51,11 +51,12 @@ class PagedKVCacheONNX:
 
     def __init__(self, layout: PagedLayout | None = None, max_seq: int | None = None,
                  position_input: str = "position_ids", mask_input: str = "attention_mask",
-                 strict: bool = False) -> None:
+                 token_input: str = "input_ids", strict: bool = False) -> None:
         self.layout = layout  # None: decided by the context (backend preference + options)
         self.max_seq = max_seq  # None: the max_seq option
         self.position_input = position_input
         self.mask_input = mask_input
+        self.token_input = token_input
         self.strict = strict  # False: a cache that cannot be paged leaves the graph as it was, with a note
 
     def run(self, graph: Graph, ctx: PassContext) -> Graph:
@@ -84,6 +85,9 @@ class PagedKVCacheONNX:
         rewriter.rewrite(layers, max_seq, ctx.options.get("batch"))
         ctx.note(self.name, f"{len(layers)} attention layer(s) on a paged cache: {rewriter.num_blocks} blocks of "
                             f"{layout.block_size} ({layout.order}), {rewriter.max_blocks} per sequence")
+        why_not = rewriter.record_decoder(self.token_input, max_seq, len(layers))
+        if why_not:
+            ctx.note(self.name, f"no native generation loop: {why_not}")
         return graph
 
 
@@ -159,6 +163,7 @@ class _PastPresent(_Rewriter):
             parse_dtype("i64")
         positions = g.add_input("positions", TensorType((batch, seq), pos_dtype))
         table = g.add_input("block_table", TensorType((batch, self.max_blocks), parse_dtype("i32")))
+        self.positions, self.table = positions, table
         if self.pos is not None:
             g.replace_uses(self.pos, positions)
         pools, updates = [], []
@@ -176,6 +181,53 @@ class _PastPresent(_Rewriter):
         presents = {id(c.outputs[0]) for layer in layers for c in (layer.k_concat, layer.v_concat)}
         g.set_outputs(*[o for o in g.outputs if id(o) not in presents], *updates)
         self._finish(layers, positions, table, pools)
+
+    def record_decoder(self, token_input: str, max_seq: int, num_layers: int) -> str | None:
+        """Mark the paged graph a language model (``graph.meta["llm"]``), so that a backend with a native
+        generation loop builds one: the token ids input becomes ``tokens`` (the loop's ABI, as the LLM
+        frontend names it), and the facts the loop needs come from the shapes. Returns why not, if not.
+
+        An ONNX file carries no generation config: no stop tokens are recorded (the caller passes its
+        own) and no tokenizer travels with the artifact."""
+        g = self.g
+        pools = [g.inputs[[v.name for v in g.inputs].index(name)] for name in g.state]
+        known = g.meta.get("llm")
+        if known is not None:  # a frontend already described the model: only the cache changed
+            g.meta["llm"] = dict(known, kv_cache=self.manifest_section(pools[0], known.get("kv_cache", {})))
+            return None
+        by_name = {v.name: v for v in g.inputs}
+        tokens, positions, logits = by_name.get(token_input), self.positions, g.outputs[0]
+        if tokens is None:
+            return f"no input named {token_input!r} holds the token ids"
+        if (positions.name, self.table.name) != ("positions", "block_table"):
+            return f"the names 'positions' and 'block_table' are taken (got {positions.name}, {self.table.name})"
+        batch, vocab = positions.type.shape[0], logits.type.shape[-1]
+        if tuple(tokens.type.shape) != tuple(positions.type.shape) or tokens.type.dtype.name != "i64":
+            return f"%{tokens.name} is {tokens.type}; the loop feeds i64 token ids shaped like positions"
+        if positions.type.dtype.name != "i64":
+            return f"the positions are {positions.type.dtype.name}; the loop feeds i64 positions"
+        if logits.type.rank != 3 or not logits.type.dtype.is_float:
+            return f"the first output %{logits.name} ({logits.type}) is not [batch, seq, vocab] logits"
+        if not isinstance(batch, int) or not isinstance(vocab, int):
+            return (f"batch {batch} and vocabulary {vocab} must be static (compile with a fixed batch, "
+                    "--dim NAME=B:B)")
+        if token_input != "tokens":
+            renamed = g.add_input("tokens", tokens.type)
+            g.inputs.pop()
+            if renamed.name != "tokens":
+                g.forget_names([renamed])
+                return "the name 'tokens' is taken"
+            g.inputs[g.inputs.index(tokens)] = renamed
+            g.replace_uses(tokens, renamed)
+            g.forget_names([tokens])
+        heads_axis, dim_axis = (1, 3) if self.layout.order == "bhsd" else (2, 3)
+        shape = pools[0].type.shape
+        g.meta["llm"] = {
+            "architecture": f"ONNX decoder {g.name}", "vocab_size": vocab, "batch": batch, "max_seq": max_seq,
+            "num_layers": num_layers, "eos_token_ids": [], "bos_token_id": None,
+            "kv_cache": self.manifest_section(pools[0], {"kv_heads": shape[heads_axis], "head_dim": shape[dim_axis]}),
+        }
+        return None
 
     def _pool(self, name: str, past: Value) -> Value:
         _, heads, _, dim = past.type.shape

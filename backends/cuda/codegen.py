@@ -99,16 +99,25 @@ def llm_loop_facts(program: Program) -> dict | None:
     if missing or logits not in LOGITS_DTYPES:
         raise BackendError(f"graph {g.name}: a paged decoder needs inputs tokens, positions, block_table and float "
                            f"logits first (missing {missing}, logits {logits})")
+    tokens, positions = (g.inputs[names.index(n)] for n in ("tokens", "positions"))
+    if tokens.type.rank != 2 or {tokens.type.dtype.name, positions.type.dtype.name} != {"i64"}:
+        raise BackendError(f"graph {g.name}: the generation loop feeds i64 [batch, seq] tokens and positions, got "
+                           f"{tokens.type} and {positions.type}")
+    step = tokens.type.shape[1]  # the step length: "seq" from the LLM frontend, any name from ONNX
+    seq = None if isinstance(step, int) else _single_symbol(step)
+    if seq is None:
+        raise BackendError(f"graph {g.name}: the generation loop needs a symbolic step length (tokens {tokens.type})")
     input_dims = []
     for v in g.inputs:
         dims = []
         for d in v.type.shape:
             if isinstance(d, int):
                 dims.append(str(d))
-            elif _single_symbol(d) == "seq":
+            elif _single_symbol(d) == seq:
                 dims.append("seq")
             else:
-                raise BackendError(f"graph {g.name}: input {v.name} has dim {d}; the generation loop binds only seq")
+                raise BackendError(f"graph {g.name}: input {v.name} has dim {d}; the generation loop binds only "
+                                   f"the step length ({tokens.name}'s second dim)")
         input_dims.append(dims)
     return {"batch": llm["batch"], "max_seq": llm["max_seq"], "block_size": kv["block_size"],
             "max_blocks": kv["max_blocks_per_seq"], "num_blocks": kv["num_blocks"], "vocab": llm["vocab_size"],

@@ -81,13 +81,14 @@ def model_path(tmp_path_factory):
     return path
 
 
-def _imported(path_or_proto) -> Graph:
-    """The graph as the standard pipeline has it when the pass runs: cleaned, attention as sdpa."""
+def _imported(path_or_proto, ranges: dict | None = None) -> Graph:
+    """The graph as the standard pipeline has it when the pass runs: cleaned, attention as sdpa. ``ranges``
+    of its dims: a range of one value makes the dim static (and constant folding evaluates what it sizes)."""
     from qjc.frontends.onnx import from_onnx
 
     passes = [Canonicalize(), ConstantFolding(), Canonicalize(), CommonSubexpressionElimination(),
               DeadCodeElimination(), RecognizeDecomposed()]
-    return PassManager(passes).run(from_onnx(path_or_proto), PassContext())
+    return PassManager(passes).run(from_onnx(path_or_proto, ranges=ranges), PassContext())
 
 
 def _reference(session, prompt: list[int], follow: list[int]) -> list[np.ndarray]:
@@ -105,12 +106,23 @@ def _reference(session, prompt: list[int], follow: list[int]) -> list[np.ndarray
     return out
 
 
-@pytest.mark.parametrize("order", ["bhsd", "bshd"])
-def test_paged_matches_onnxruntime_for_different_lengths(model_path, order):
+@pytest.mark.parametrize("order,batch", [("bhsd", None), ("bshd", None), ("bhsd", 2)])
+def test_paged_matches_onnxruntime_for_different_lengths(model_path, order, batch):
+    """Dynamic batch, and a static one: there constant folding turns the mask's batch iota into a constant,
+    which the proof reads as the same range; the token ids become ``tokens``, the native loop's name."""
+    ranges = {"batch": (batch, batch)} if batch else None
+    ctx = PassContext(options={"max_seq": MAX_SEQ})
     paged = PassManager([PagedKVCacheONNX(PagedLayout(block_size=4, num_blocks=16, order=order))]).run(
-        _imported(model_path), PassContext(options={"max_seq": MAX_SEQ}))
+        _imported(model_path, ranges), ctx)
     names = [v.name for v in paged.inputs]
-    assert names[:3] == ["input_ids", "positions", "block_table"] and len(names) == 3 + len(PAST_NAMES)
+    tokens = "tokens" if batch else "input_ids"
+    assert names[:3] == [tokens, "positions", "block_table"] and len(names) == 3 + len(PAST_NAMES)
+    llm = paged.meta.get("llm")
+    if batch:
+        assert llm["batch"] == batch and llm["vocab_size"] == VOCAB and llm["num_layers"] == LAYERS
+        assert llm["kv_cache"]["layout"] == "paged" and llm["kv_cache"]["kv_heads"] == KV_HEADS
+    else:
+        assert llm is None and any("no native generation loop: batch" in n for n in ctx.log)
     assert paged.state == names[3:] and len(paged.outputs) == 1 + len(PAST_NAMES)
     assert not any(n.op in ("sdpa", "concat") and n.inputs[0].name.startswith("past") for n in paged.nodes)
     assert sum(n.op == "paged_attention" for n in paged.nodes) == LAYERS
@@ -280,6 +292,15 @@ def test_the_paged_onnx_decoder_builds_for_cuda(model_path, tmp_path):
     assert not any(name.startswith("past_key_values") for name in (s["name"] for s in manifest["signature"]["inputs"]))
     kinds = manifest["backend"]["kernel_kinds"]
     assert kinds.get("paged_attention") and kinds.get("paged_kv_write") and "row_reduce" not in kinds
+    assert manifest["llm"] is None  # a dynamic batch: no native generation loop
+    # a fixed batch: the decoder gets the native generation loop (its C ABI in the host engine)
+    fixed = tmp_path / "fixed.qjc"
+    build(model_path, fixed, target="cuda", archs=("sm_90a",), dtype="bf16", max_seq=MAX_SEQ, dims={"batch": (2, 2)})
+    manifest = json.loads((fixed / "manifest.json").read_text())
+    assert manifest["llm"]["batch"] == 2 and manifest["llm"]["kv_cache"]["inputs"] == ["tokens", "positions",
+                                                                                       "block_table"]
+    assert [s["name"] for s in manifest["signature"]["inputs"]][:3] == ["tokens", "positions", "block_table"]
+    assert "qjc_llm_add" in (fixed / "cuda" / "src" / "host_engine.cpp").read_text()
 
 
 def _greedy_reference(session, prompt: list[int], new: int) -> list[int]:
@@ -295,6 +316,25 @@ def _greedy_reference(session, prompt: list[int], new: int) -> list[int]:
         step = [int(np.argmax(logits[0, -1]))]
         out.append(step[0])
     return out
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU available (torch.cuda.is_available() is False)")
+def test_native_generation_of_an_onnx_decoder_on_cuda(model_path, tmp_path):
+    """With a fixed batch the paged ONNX decoder runs the native generation loop: three requests through two
+    slots give onnxruntime's greedy tokens, as does each prompt alone."""
+    import qjc
+    from qjc.backends.cuda.options import arch_of_capability
+
+    arch = arch_of_capability(*torch.cuda.get_device_capability())
+    engine = qjc.compile(model_path, target="cuda", archs=(arch,), dtype="fp32", max_seq=MAX_SEQ,
+                         dims={"batch": (2, 2)}, out_dir=tmp_path / "dec.qjc")
+    session = ort.InferenceSession(model_path, providers=["CPUExecutionProvider"])
+    rng = np.random.default_rng()
+    prompts = [[int(t) for t in rng.integers(0, VOCAB, n)] for n in (5, 1, 9)]
+    want = [_greedy_reference(session, p, 8) for p in prompts]
+    assert engine.generate(prompts, max_new_tokens=8, stop_ids=[]) == want
+    assert engine.generate(prompts[2], max_new_tokens=8, stop_ids=[]) == want[2]
 
 
 def test_generate_on_cpu_feeds_presents_back_as_pasts(model_path, tmp_path):
