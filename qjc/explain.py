@@ -71,7 +71,8 @@ def _rows(out: TextIO, header: list[str], rows: list[list[str]]) -> None:
         out.write("  " + "  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() + "\n")
 
 
-def explain(model: Any, target: str | None = None, out: TextIO = sys.stdout) -> Coverage:
+def explain(model: Any, target: str | None = None, out: TextIO | None = None) -> Coverage:
+    out = out or sys.stdout  # looked up per call: a default bound at import outlives a redirected stdout
     cov = frontend_coverage(model)
     total = sum(n for n, _ in cov.ops.values())
     missing = [op for op, (_, ok) in cov.ops.items() if not ok]

@@ -224,6 +224,37 @@ def test_paged_decoder_builds_with_the_native_loop(tmp_path):
 
 
 @needs_nvcc
+def test_verify_of_a_quantized_cuda_decoder(tmp_path, capsys):
+    """`qjc verify` on a cuda decoder (paged KV cache, int8 weights kept quantized): every quantized layer, and
+    end to end the engine (on a GPU, sm_90) or else the artifact's final IR in the interpreter, fed one sequence
+    in slot 0, against the float model; the report says which of the two ran."""
+    transformers = pytest.importorskip("transformers")
+    torch = pytest.importorskip("torch")
+    from qjc.backends.cuda.backend import CudaBackend
+    from qjc.cli import main
+
+    gpu = CudaBackend().runnable()[0]
+    torch.manual_seed(0)
+    cfg = transformers.LlamaConfig(hidden_size=64, num_hidden_layers=1, num_attention_heads=4, num_key_value_heads=2,
+                                   intermediate_size=96, vocab_size=128, max_position_embeddings=128)
+    model_dir = tmp_path / "tiny"
+    transformers.LlamaForCausalLM(cfg).save_pretrained(model_dir)
+    out = tmp_path / "q8.qjc"
+    assert main(["compile", str(model_dir), "--target", "cuda", "--arch", "sm_90a", "--max-seq", "32", "--batch", "2",
+                 "--quant", "int8", "-O", "quant_kernels=true", "-o", str(out)]) == 0
+    capsys.readouterr()
+    assert main(["verify", str(out), "--against", str(model_dir)]) == 0
+    text = capsys.readouterr().out
+    assert "8 quantized layers" in text  # the layer's 7 linears (merged ones reported per part) and lm_head
+    if gpu:
+        assert "end to end: ran the engine" in text
+    else:
+        assert "final IR in the interpreter" in text and "cuda kernels are not checked" in text
+    rel = float(text.split("output 0 relative error ")[1].split()[0])
+    assert 0 < rel < 0.05  # int8 per channel: close to float, not identical
+
+
+@needs_nvcc
 def test_in_place_cache_write_refuses_a_pool_read_elsewhere(tmp_path):
     """paged_kv_write updates its pool's buffer in place: a graph that also reads the old pool is
     refused by name instead of computing from overwritten data."""
