@@ -185,20 +185,27 @@ def test_nvcc_cache_hits_and_failures(tmp_path):
     assert Path(command.split(" -c ", 1)[1].split()[0]).is_file()
 
 
-@needs_nvcc
-def test_paged_decoder_builds_with_the_native_loop(tmp_path):
-    """A decoder for cuda gets a paged KV pool, its kernels and the generation loop's C ABI."""
-    import json
-
+def _tiny_llama_dir(tmp_path: Path) -> Path:
+    """A one-layer GQA Llama with random weights, saved as a Hugging Face directory."""
     transformers = pytest.importorskip("transformers")
     torch = pytest.importorskip("torch")
-    import qjc
 
     torch.manual_seed(0)
     cfg = transformers.LlamaConfig(hidden_size=64, num_hidden_layers=1, num_attention_heads=4, num_key_value_heads=2,
                                    intermediate_size=96, vocab_size=128, max_position_embeddings=128)
     model_dir = tmp_path / "tiny"
     transformers.LlamaForCausalLM(cfg).save_pretrained(model_dir)
+    return model_dir
+
+
+@needs_nvcc
+def test_paged_decoder_builds_with_the_native_loop(tmp_path):
+    """A decoder for cuda gets a paged KV pool, its kernels and the generation loop's C ABI."""
+    import json
+
+    import qjc
+
+    model_dir = _tiny_llama_dir(tmp_path)
     out = tmp_path / "tiny.qjc"
     qjc.api.build(str(model_dir), out, target="cuda", archs=("sm_90a",), dtype="bf16", max_seq=64, batch=3,
                   kv_block_size=8)
@@ -228,17 +235,11 @@ def test_verify_of_a_quantized_cuda_decoder(tmp_path, capsys):
     """`qjc verify` on a cuda decoder (paged KV cache, int8 weights kept quantized): every quantized layer, and
     end to end the engine (on a GPU, sm_90) or else the artifact's final IR in the interpreter, fed one sequence
     in slot 0, against the float model; the report says which of the two ran."""
-    transformers = pytest.importorskip("transformers")
-    torch = pytest.importorskip("torch")
     from qjc.backends.cuda.backend import CudaBackend
     from qjc.cli import main
 
     gpu = CudaBackend().runnable()[0]
-    torch.manual_seed(0)
-    cfg = transformers.LlamaConfig(hidden_size=64, num_hidden_layers=1, num_attention_heads=4, num_key_value_heads=2,
-                                   intermediate_size=96, vocab_size=128, max_position_embeddings=128)
-    model_dir = tmp_path / "tiny"
-    transformers.LlamaForCausalLM(cfg).save_pretrained(model_dir)
+    model_dir = _tiny_llama_dir(tmp_path)
     out = tmp_path / "q8.qjc"
     assert main(["compile", str(model_dir), "--target", "cuda", "--arch", "sm_90a", "--max-seq", "32", "--batch", "2",
                  "--quant", "int8", "-O", "quant_kernels=true", "-o", str(out)]) == 0
