@@ -171,19 +171,20 @@ def cmd_generate(args: argparse.Namespace) -> int:
     import time
 
     from qjc.api import load
-    from qjc.runtime.generation import Generator, Sampling, TextStream
+    from qjc.runtime.generation import TextStream, load_tokenizer
     from qjc.runtime.past_present import match_signature
 
     engine = load(args.artifact)
     if not engine.manifest.get("llm") and match_signature(engine) is not None:
         raise QJCError(f"{engine.path} is a past/present decoder without a tokenizer (an ONNX file)",
                        "generate from token ids in Python: qjc.load(path).generate([ids...])")
-    gen = Generator(engine)
-    ids = gen.tokenizer.encode(args.prompt)
-    stream = TextStream(gen.tokenizer)
+    tokenizer = load_tokenizer(engine)
+    ids = tokenizer.encode(args.prompt)
+    stream = TextStream(tokenizer)
     start = time.perf_counter()
-    gen.generate_ids(ids, args.max_new_tokens, Sampling(args.temperature, args.top_k, args.top_p, args.seed),
-                     on_token=stream)
+    # the engine's own loop: the native one inside a cuda engine, else the host loop
+    engine.generate(ids, args.max_new_tokens, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
+                    seed=args.seed, on_token=stream)
     seconds = time.perf_counter() - start
     sys.stdout.write("\n")
     new = len(stream.tokens)

@@ -61,7 +61,7 @@ def smollm2_gguf() -> Path:
 
 def run_llm_demo(out_dir: str | None = None, log=print) -> int:
     from qjc.api import build, load
-    from qjc.runtime.generation import Generator, TextStream
+    from qjc.runtime.generation import TextStream, load_tokenizer
 
     gguf = smollm2_gguf()
     target, options = best_target()
@@ -78,15 +78,15 @@ def run_llm_demo(out_dir: str | None = None, log=print) -> int:
             log(f"      note: {note}")
 
     log("[2/3] loading the engine")
-    gen = Generator(load(out))
-    tok = gen.tokenizer
+    engine = load(out)
+    tok = load_tokenizer(engine)
     ids = tok.apply_chat_template([{"role": "user", "content": QUESTION}], add_generation_prompt=True)
     ids = list(ids["input_ids"] if isinstance(ids, dict) or hasattr(ids, "keys") else ids)
     log(f"[3/3] Q: {QUESTION}")
     stream = TextStream(tok)
     sys.stdout.write("      A: ")
     start = time.perf_counter()
-    gen.generate_ids(ids, max_new_tokens=48, on_token=stream)
+    engine.generate(ids, max_new_tokens=48, on_token=stream)  # on cuda the engine's native loop
     seconds = time.perf_counter() - start
     sys.stdout.write("\n")
     log(f"  artifact: {out.resolve()}")

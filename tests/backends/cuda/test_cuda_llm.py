@@ -250,9 +250,17 @@ def test_smollm2_bf16_diverges_only_at_near_ties(smollm2, tmp_path):
     print("\n".join(report))
 
 
-def test_generate_text_and_decode_benchmark(smollm2, smollm2_fp32):
+def test_generate_text_and_decode_benchmark(smollm2, smollm2_fp32, capsys):
+    from qjc.cli import main
+
     text = smollm2_fp32.generate("The capital of France is", max_new_tokens=8)
     assert isinstance(text, str) and text.strip()
+    # the CLI streams the same greedy text through the engine's native loop
+    capsys.readouterr()
+    assert main(["generate", str(smollm2_fp32.path), "--prompt", "The capital of France is",
+                 "--max-new-tokens", "8"]) == 0
+    out = capsys.readouterr()
+    assert out.out.strip() == text.strip() and "new tokens in" in out.err
     stats = smollm2_fp32.decode_benchmark(batch=2, context=64, steps=16, warmup=4)
     assert stats["us_per_step"] > 0 and stats["tokens_per_s"] > 0
 
