@@ -523,15 +523,16 @@ class Planner:
             if order is None:
                 # a co-produced value or a merged epilogue made a cycle (the merged kernel also reads a
                 # value computed from the host's result): plan without them
-                co = {id(v) for p in plans for v in p.co_outputs}
-                merged = {id(v) for p in plans for v in p.extra_outputs}
-                if not co and not merged:
-                    raise BackendError("cuda lowering: the kernels depend on each other in a cycle")
-                # co-products first: merged epilogues go only if the plan still has a cycle without them
+                # co-products first (those not yet forced apart); merged epilogues go only if the plan still
+                # has a cycle without them
+                co = {id(v) for p in plans for v in p.co_outputs} - self.forced
+                merged = {id(v) for p in plans for v in p.extra_outputs} - self.no_merge
                 if co:
                     self.forced |= co
-                else:
+                elif merged:
                     self.no_merge |= merged
+                else:
+                    raise BackendError("cuda lowering: the kernels depend on each other in a cycle")
                 continue
             return self.build_program(mat, [plans[i] for i in order], [sources[i] for i in order])
         raise BackendError("cuda lowering did not converge")  # pragma: no cover
