@@ -36,16 +36,14 @@ def _convert_reduce(t: Translator, node: Node) -> list[Any]:
     axes = () if rank == 0 else norm_axes(node.attrs["axes"], rank)
     if not axes:
         return [x]  # nothing to reduce (an empty axis list, or a scalar)
-    op = _RELAX_REDUCE[node.op]
     keepdims = bool(node.attrs["keepdims"])
+    empty_axes = [a for a in axes if _may_be_zero(t, src.type.shape[a])]
     if src.type.dtype.name == "bool":
-        # bool max / min are any / all: reduce 0/1 bytes and compare back
-        y = t.emit(op(t.emit(relax.op.astype(x, "int8")), axis=list(axes), keepdims=keepdims))
+        # bool max / min are any / all: reduce 0/1 bytes and compare back (nothing is false for any, true for all)
+        y = _reduce(t, node.op, t.emit(relax.op.astype(x, "int8")), "int8", axes, empty_axes, keepdims, rank,
+                    identity=0 if node.op == "max" else 1)
         return [t.emit(relax.op.not_equal(y, relax.const(0, "int8")))]
-    empty_axis = next((a for a in axes if _may_be_zero(t, src.type.shape[a])), None)
-    if empty_axis is not None:
-        return [_reduce_maybe_empty(t, node.op, x, src, axes, empty_axis, keepdims)]
-    return [t.emit(op(x, axis=list(axes), keepdims=keepdims))]
+    return [_reduce(t, node.op, x, t.dtype(src), axes, empty_axes, keepdims, rank)]
 
 
 def _may_be_zero(t: Translator, d: Any) -> bool:
@@ -55,37 +53,33 @@ def _may_be_zero(t: Translator, d: Any) -> bool:
     return d.evaluate({s: t.graph.symbols[s].lo for s in d.symbols}) <= 0
 
 
-def _reduce_maybe_empty(t: Translator, op: str, x: Any, src: Any, axes: tuple, axis: int, keepdims: bool) -> Any:
-    """A reduction over axes that may hold no element. TVM's reduction initializes its result inside the
-    loop over the reduced axis, so an empty extent left the result unwritten: one identity element padded
-    onto ``axis`` makes every reduction see at least one. An empty mean is 0 / 0 = nan (as numpy); an empty
-    max / min is -inf / +inf, as ONNX defines it (TVM's own max starts from the lowest finite value, so
-    those rows are set afterwards)."""
+def _reduce(t: Translator, op: str, x: Any, dtype: str, axes: tuple, empty_axes: list[int], keepdims: bool,
+            rank: int, identity: Any = None) -> Any:
+    """``op`` over ``axes``. Where some of them may hold no element (``empty_axes``): TVM's reduction initializes
+    its result inside the loop over the reduced axis, so an empty extent leaves it unwritten; such results are
+    replaced by the reduction's identity, found where a count of the reduced elements is 0. An empty mean is
+    nan for floats (as numpy), 0 for integers; an empty max / min is -inf / +inf (as ONNX defines it), the
+    lowest / highest value for integers."""
     import numpy as np
 
-    dtype, rank = src.type.dtype, src.type.rank
-    if dtype.is_float:
-        lowest, highest = float("-inf"), float("inf")
-    else:
-        info = np.iinfo(dtype.np_dtype)
-        lowest, highest = float(info.min), float(info.max)
-    identity = {"sum": 0.0, "mean": 0.0, "prod": 1.0, "max": lowest, "min": highest}[op]
+    if not empty_axes:
+        return t.emit(_RELAX_REDUCE[op](x, axis=list(axes), keepdims=keepdims))
+    total = t.emit(_RELAX_REDUCE["sum" if op == "mean" else op](x, axis=list(axes), keepdims=keepdims))
     width = [0] * (2 * rank)
-    width[2 * axis + 1] = 1
-
-    def reduce(kind: str, v: Any, pad: float) -> Any:
-        return t.emit(_RELAX_REDUCE[kind](t.emit(relax.op.nn.pad(v, width, pad_value=pad)), axis=list(axes),
-                                          keepdims=keepdims))
-
-    total = reduce("sum" if op == "mean" else op, x, identity)
-    if op in ("sum", "prod"):
-        return total
-    count = reduce("sum", t.emit(relax.op.ones_like(x)), 0.0)
-    if op == "mean":
-        return t.emit(relax.op.divide(total, count))
-    name = t.dtype(src)
-    empty = t.emit(relax.op.equal(count, relax.const(0, name)))
-    return t.emit(relax.op.where(empty, relax.const(identity, name), total))
+    for a in empty_axes:
+        width[2 * a + 1] = 1  # one zero appended: the count's own reduction is never empty
+    ones = t.emit(relax.op.nn.pad(t.emit(relax.op.ones_like(x)), width, pad_value=0.0))
+    count = t.emit(_RELAX_REDUCE["sum"](ones, axis=list(axes), keepdims=keepdims))
+    empty = t.emit(relax.op.equal(count, relax.const(0, dtype)))
+    is_float = dtype.startswith("float") or dtype.startswith("bfloat")
+    if op == "mean":  # divided by at least 1: an integer division by 0 would trap
+        total = t.emit(relax.op.divide(total, t.emit(relax.op.maximum(count, relax.const(1, dtype)))))
+    if identity is None:
+        info = None if is_float else np.iinfo(np.dtype(dtype))
+        identity = {"sum": 0, "prod": 1, "mean": float("nan") if is_float else 0,
+                    "max": float("-inf") if is_float else int(info.min),
+                    "min": float("inf") if is_float else int(info.max)}[op]
+    return t.emit(relax.op.where(empty, relax.const(identity, dtype), total))
 
 
 @converts("argmax", "argmin")

@@ -320,13 +320,26 @@ def test_reductions_over_an_axis_that_may_be_empty() -> None:
     ops = ("sum", "mean", "prod", "max", "min")
     outs = [g.op(op, x, axes=[1], keepdims=keepdims) for op in ops for keepdims in (False, True)]
     outs += [g.op("sum", a, axes=[1], keepdims=False), g.op("max", a, axes=[0, 1], keepdims=False)]
+    # every reduced axis that may be empty (not only the first), integers at the ends of int64, bool any / all
+    g.add_symbol("m", 0, 16)
+    b = g.add_input("b", TensorType((SymExpr.symbol("m"), N, 4), f32))
+    outs += [g.op("sum", b, axes=[0, 1], keepdims=False), g.op("min", a, axes=[1], keepdims=False),
+             g.op("max", g.op("gt", x, g.add_constant("zero", np.zeros((), np.float32))), axes=[1], keepdims=False),
+             g.op("min", g.op("gt", x, g.add_constant("zero2", np.zeros((), np.float32))), axes=[1], keepdims=False)]
     g.set_outputs(*outs)
     engine = qjc.compile(g, target="cpu")
     rng = np.random.default_rng()
     for size in (0, 1, 5):
         xv = rng.standard_normal((3, size, 4)).astype(np.float32)
         av = rng.integers(-50, 50, (3, size))
-        got = [np.asarray(v) for v in engine(xv, av)]
+        bv = rng.standard_normal((2, size, 4)).astype(np.float32)
+        got = [np.asarray(v) for v in engine(xv, av, bv)]
+        tail = got[len(ops) * 2 + 2:]
+        np.testing.assert_allclose(tail[0], bv.astype(np.float64).sum(axis=(0, 1)), rtol=1e-5, atol=1e-6)
+        want_min = av.min(axis=1) if size else np.full(3, np.iinfo(np.int64).max)
+        np.testing.assert_array_equal(tail[1], want_min)
+        np.testing.assert_array_equal(tail[2], (xv > 0).any(axis=1))
+        np.testing.assert_array_equal(tail[3], (xv > 0).all(axis=1))
         x64 = xv.astype(np.float64)
         for k, op in enumerate(ops):
             if size == 0:
@@ -336,5 +349,5 @@ def test_reductions_over_an_axis_that_may_be_empty() -> None:
                 want = getattr(np, op)(x64, axis=1)
             np.testing.assert_allclose(got[2 * k], want, rtol=1e-5, err_msg=f"{op} over {size}")
             np.testing.assert_allclose(got[2 * k + 1], want[:, None], rtol=1e-5, err_msg=f"{op} keepdims over {size}")
-        np.testing.assert_array_equal(got[-2], av.sum(axis=1))
-        assert got[-1] == (av.max() if size else np.iinfo(np.int64).min)
+        np.testing.assert_array_equal(got[2 * len(ops)], av.sum(axis=1))
+        assert got[2 * len(ops) + 1] == (av.max() if size else np.iinfo(np.int64).min)
