@@ -100,9 +100,12 @@ def llm_loop_facts(program: Program) -> dict | None:
         raise BackendError(f"graph {g.name}: a paged decoder needs inputs tokens, positions, block_table and float "
                            f"logits first (missing {missing}, logits {logits})")
     tokens, positions = (g.inputs[names.index(n)] for n in ("tokens", "positions"))
-    if tokens.type.rank != 2 or {tokens.type.dtype.name, positions.type.dtype.name} != {"i64"}:
-        raise BackendError(f"graph {g.name}: the generation loop feeds i64 [batch, seq] tokens and positions, got "
-                           f"{tokens.type} and {positions.type}")
+    # the loop uploads batch x seq int64 values into each of the two
+    if (tokens.type.rank != 2 or tokens.type.shape[0] != llm["batch"]
+            or tuple(positions.type.shape) != tuple(tokens.type.shape)
+            or {tokens.type.dtype.name, positions.type.dtype.name} != {"i64"}):
+        raise BackendError(f"graph {g.name}: the generation loop feeds i64 [{llm['batch']}, seq] tokens and "
+                           f"positions, got {tokens.type} and {positions.type}")
     step = tokens.type.shape[1]  # the step length: "seq" from the LLM frontend, any name from ONNX
     seq = None if isinstance(step, int) else _single_symbol(step)
     if seq is None:

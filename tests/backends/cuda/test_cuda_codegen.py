@@ -359,3 +359,31 @@ def test_fp32_linears_take_cublaslt_and_batched_matmuls_keep_qjcs_kernel():
     s = g.op("matmul", q, kk)
     batched = gemm_kernel(_ctx(g, {q, kk, s}, blaslt=True), s.producer, [s]).finalize()
     assert not batched.notes["blaslt"]  # batched products keep qjc's kernel
+
+
+@pytest.mark.parametrize("bad", [None, "positions_dtype", "positions_shape", "batch"])
+def test_the_generation_loop_takes_only_inputs_it_can_fill(bad):
+    """The native loop uploads [batch, seq] int64 tokens and positions: a decoder whose inputs differ (an i32
+    position, a [seq] one, another batch) is refused at build time, not overrun on the device."""
+    from types import SimpleNamespace
+
+    from qjc.backends.cuda.codegen import llm_loop_facts
+
+    g = Graph("dec")
+    g.add_symbol("seq", 1, 64)
+    batch = 3 if bad == "batch" else 2
+    g.add_input("tokens", parse_type(f"i64[{batch},seq]"))
+    g.add_input("positions", parse_type({"positions_dtype": "i32[2,seq]", "positions_shape": "i64[seq]"}.get(
+        bad, "i64[2,seq]")))
+    table = g.add_input("block_table", parse_type("i32[2,4]"))
+    g.set_outputs(g.op("cast", table, to=parse_type("f32[1]").dtype))
+    g.meta["llm"] = {"batch": 2, "max_seq": 64, "vocab_size": 4,
+                     "kv_cache": {"layout": "paged", "block_size": 16, "max_blocks_per_seq": 4, "num_blocks": 8}}
+    program = SimpleNamespace(graph=g)
+    if bad is None:
+        facts = llm_loop_facts(program)
+        assert (facts["tokens_input"], facts["positions_input"], facts["table_input"]) == (0, 1, 2)
+        assert facts["input_dims"][:2] == [["2", "seq"], ["2", "seq"]]
+    else:
+        with pytest.raises(BackendError, match="i64"):
+            llm_loop_facts(program)
