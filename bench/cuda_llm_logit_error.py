@@ -19,12 +19,12 @@ import torch
 import transformers
 
 import qjc
+from qjc.verify import paged_prompt_inputs
 
 VARIANTS = {"default": {}, "no norm prologue": {"norm_prologue": False}, "own GEMMs": {"gemm_library": "qjc"},
             "no local fusion": {"local_fusion": False}, "no CUDA graphs": {"cuda_graphs": False}}
 LENGTHS = (1, 5, 16, 17, 37, 64, 120)
-SLOTS, MAX_SEQ, BLOCK = 4, 160, 16
-BUILD = {"max_seq": MAX_SEQ, "batch": SLOTS, "kv_block_size": BLOCK}  # the engine's slots and KV pool
+BUILD = {"max_seq": 160, "batch": 4, "kv_block_size": 16}  # the engine's slots and KV pool
 
 
 def random_llama() -> transformers.LlamaForCausalLM:
@@ -38,18 +38,6 @@ def random_llama() -> transformers.LlamaForCausalLM:
             if p.ndim >= 2:
                 p.normal_(0.0, 0.1)
     return model
-
-
-def forward_inputs(prompt: np.ndarray) -> list[np.ndarray]:
-    """The raw forward's inputs for one prompt in slot 0, the other slots padding, empty pools."""
-    n, max_blocks = len(prompt), MAX_SEQ // BLOCK
-    tokens = np.zeros((SLOTS, n), np.int64)
-    tokens[0] = prompt
-    positions = -np.ones((SLOTS, n), np.int64)
-    positions[0] = np.arange(n)
-    table = np.arange(SLOTS * max_blocks, dtype=np.int32).reshape(SLOTS, max_blocks)
-    pools = [np.zeros((SLOTS * max_blocks, 2, BLOCK, 32), np.float32) for _ in range(6)]
-    return [tokens, positions, table, *pools]
 
 
 def main() -> int:
@@ -70,7 +58,7 @@ def main() -> int:
         engine = qjc.load(out)
         parts = []
         for n, prompt in prompts.items():
-            logits = np.asarray(engine(*forward_inputs(prompt))[0], np.float64)[0]
+            logits = np.asarray(engine(*paged_prompt_inputs(engine, prompt)[0])[0], np.float64)[0]
             rows = np.abs(logits - refs[n]).max(axis=-1)
             parts.append(f"{n}: {rows.max():.1e} (row {int(rows.argmax())})")
         print(f"{name} ({time.perf_counter() - t0:.0f} s): " + "; ".join(parts), flush=True)

@@ -9,6 +9,7 @@ paged KV cache gets the float model's tokens as one sequence in slot 0 of its sl
 from __future__ import annotations
 
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, TextIO
 
@@ -107,11 +108,18 @@ def verify_against(artifact_path: str, model: Any, max_seq: int = 256) -> Verify
                 out_rel = _rel(x @ wq.T, x @ w.T) if not compiled.constants.get(f"{base}.awq_inv") else None
             report.layers.append(LayerError(base, const.data.scheme.name, _rel(wq, w) if wq.shape == w.shape else
                                             float("nan"), out_rel))
-    paged = _paged_inputs(artifact, inputs)
+    paged = None
+    if ((artifact.manifest.get("llm") or {}).get("kv_cache") or {}).get("layout") == "paged":
+        if not float_graph.meta.get("llm"):
+            raise QJCError(f"verify: {artifact_path} is a decoder on a paged KV cache whose float model (an ONNX "
+                           "file with past/present pairs) takes other inputs; verify does not translate those yet",
+                           "compile the model for cpu and verify that artifact")
+        paged = paged_prompt_inputs(artifact, inputs[0][0])
     feed = paged[0] if paged else inputs
     runnable = getattr(get_backend(artifact.target), "runnable", None)
-    if runnable is not None and not runnable()[0]:
-        report.ran = (f"the artifact's final IR in the interpreter ({runnable()[1]}: its {artifact.target} kernels "
+    can_run, why_not = runnable() if runnable is not None else (True, "")
+    if not can_run:
+        report.ran = (f"the artifact's final IR in the interpreter ({why_not}: its {artifact.target} kernels "
                       "are not checked)")
         got = run(compiled, feed)
     else:
@@ -124,27 +132,24 @@ def verify_against(artifact_path: str, model: Any, max_seq: int = 256) -> Verify
     return report
 
 
-def _paged_inputs(artifact: Any, inputs: list[np.ndarray]) -> tuple[list[np.ndarray], int] | None:
-    """For a decoder compiled onto a paged KV cache (inputs tokens, positions, block_table, pools): the float
-    model's first token row as one sequence in slot 0, the other slots padding, empty pools; and how many
-    tokens of it fit. None for any other artifact."""
+def paged_prompt_inputs(engine: Any, prompt: Sequence[int]) -> tuple[list[np.ndarray], int]:
+    """The raw forward's inputs for a decoder compiled onto a paged KV cache (``engine``: an Engine or an
+    Artifact, for its manifest and signature): ``prompt`` as one sequence in slot 0, the other slots padding
+    (position -1), slot 0's blocks first in the table, empty pools; and how many prompt tokens fit."""
     from qjc.ir.dtypes import parse_dtype
 
-    llm = artifact.manifest.get("llm") or {}
-    kv = llm.get("kv_cache") or {}
-    if kv.get("layout") != "paged":
-        return None
-    row = np.asarray(inputs[0]).reshape(np.asarray(inputs[0]).shape[0], -1)[0]
+    llm = engine.manifest["llm"]
+    kv = llm["kv_cache"]
     bs, slots, width = int(kv["block_size"]), int(llm["batch"]), int(kv["max_blocks_per_seq"])
-    n = min(len(row), int(llm["max_seq"]), int(kv["num_blocks"]) * bs, width * bs)
+    n = min(len(prompt), int(llm["max_seq"]), int(kv["num_blocks"]) * bs, width * bs)
     tokens = np.zeros((slots, n), np.int64)
-    tokens[0] = row[:n]
+    tokens[0] = np.asarray(prompt)[:n]
     positions = -np.ones((slots, n), np.int64)
     positions[0] = np.arange(n)
     table = -np.ones((slots, width), np.int32)
     table[0, : -(-n // bs)] = np.arange(-(-n // bs))
     pools = [np.zeros(tuple(int(d) for d in spec.shape), parse_dtype(spec.dtype).np_dtype)
-             for spec in artifact.signature.inputs[3:]]
+             for spec in engine.signature.inputs[3:]]
     return [tokens, positions, table, *pools], n
 
 

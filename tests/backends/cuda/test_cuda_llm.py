@@ -272,7 +272,7 @@ def test_generate_text_and_decode_benchmark(smollm2, smollm2_fp32, capsys):
 
 
 def _logit_error_bench():
-    """bench/cuda_llm_logit_error.py: the random Llama and its raw-forward inputs, shared with that diagnostic."""
+    """bench/cuda_llm_logit_error.py: the random Llama and its build options, shared with that diagnostic."""
     import importlib.util
 
     path = Path(__file__).resolve().parents[3] / "bench" / "cuda_llm_logit_error.py"
@@ -316,9 +316,11 @@ def test_random_llama_fp32_prefill_logits_match_float64(random_llama, length):
     decoding depends on."""
     import copy
 
+    from qjc.verify import paged_prompt_inputs
+
     model, engine = random_llama
     prompt = np.random.default_rng().integers(0, 1000, length)
-    got = np.asarray(engine(*_logit_error_bench().forward_inputs(prompt))[0], np.float64)[0]
+    got = np.asarray(engine(*paged_prompt_inputs(engine, prompt)[0])[0], np.float64)[0]
     with torch.no_grad():
         want = copy.deepcopy(model).double()(torch.tensor(prompt[None])).logits[0].numpy()
     err = np.abs(got - want).max(axis=-1)

@@ -301,6 +301,10 @@ def test_the_paged_onnx_decoder_builds_for_cuda(model_path, tmp_path):
                                                                                        "block_table"]
     assert [s["name"] for s in manifest["signature"]["inputs"]][:3] == ["tokens", "positions", "block_table"]
     assert "qjc_llm_add" in (fixed / "cuda" / "src" / "host_engine.cpp").read_text()
+    from qjc.verify import verify_against
+
+    with pytest.raises(QJCError, match="does not translate"):  # not a comparison of unrelated inputs
+        verify_against(str(fixed), model_path)
 
 
 def _greedy_reference(session, prompt: list[int], new: int) -> list[int]:
