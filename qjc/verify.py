@@ -85,6 +85,11 @@ def verify_against(artifact_path: str, model: Any, max_seq: int = 256) -> Verify
     artifact = verify_artifact(artifact_path)
     compiled = artifact.load_graph()
     float_graph = load_model(model, max_seq=int((artifact.manifest.get("llm") or {}).get("max_seq", max_seq)))
+    is_paged = ((artifact.manifest.get("llm") or {}).get("kv_cache") or {}).get("layout") == "paged"
+    if is_paged and not float_graph.meta.get("llm"):
+        raise QJCError(f"verify: {artifact_path} is a decoder on a paged KV cache whose float model (an ONNX file "
+                       "with past/present pairs) takes other inputs; verify does not translate those yet",
+                       "compile the model for cpu and verify that artifact")
     inputs = _inputs_for(float_graph, np.random.default_rng(0))
 
     seen: dict[str, np.ndarray] = {}
@@ -108,13 +113,7 @@ def verify_against(artifact_path: str, model: Any, max_seq: int = 256) -> Verify
                 out_rel = _rel(x @ wq.T, x @ w.T) if not compiled.constants.get(f"{base}.awq_inv") else None
             report.layers.append(LayerError(base, const.data.scheme.name, _rel(wq, w) if wq.shape == w.shape else
                                             float("nan"), out_rel))
-    paged = None
-    if ((artifact.manifest.get("llm") or {}).get("kv_cache") or {}).get("layout") == "paged":
-        if not float_graph.meta.get("llm"):
-            raise QJCError(f"verify: {artifact_path} is a decoder on a paged KV cache whose float model (an ONNX "
-                           "file with past/present pairs) takes other inputs; verify does not translate those yet",
-                           "compile the model for cpu and verify that artifact")
-        paged = paged_prompt_inputs(artifact, inputs[0][0])
+    paged = paged_prompt_inputs(artifact, inputs[0][0]) if is_paged else None
     feed = paged[0] if paged else inputs
     runnable = getattr(get_backend(artifact.target), "runnable", None)
     can_run, why_not = runnable() if runnable is not None else (True, "")
