@@ -5,8 +5,9 @@ kv_cache_onnx.py may drop the mask.
 The mask's producers are read symbolically, not evaluated: every tensor in its cone becomes an
 expression over the tensor's own axes (an index expression, a conjunction of conditions, or an
 additive mask), and each op maps expressions to expressions. An op or operand outside the small
-vocabulary exporters use (iota, also as a folded constant, shape scalars, unsqueeze/expand/squeeze, comparisons, logical_and,
-the attention mask gathered at [batch, key], where(cond, 0, -big)) stops the proof and is named.
+vocabulary exporters use (iota, also as a folded constant, shape scalars, unsqueeze/expand/squeeze,
+comparisons, logical_and, the attention mask gathered at [batch, key], where(cond, 0, -big)) stops the
+proof and is named.
 
 Index expressions are ``base + offset``: base None (a scalar), ("idx", axis, extent) (the
 coordinate along ``axis`` of a tensor ``extent`` long there) or ("pos", b_axis, q_axis) (the

@@ -190,11 +190,6 @@ class _PastPresent(_Rewriter):
         An ONNX file carries no generation config: no stop tokens are recorded (the caller passes its
         own) and no tokenizer travels with the artifact."""
         g = self.g
-        pools = [g.inputs[[v.name for v in g.inputs].index(name)] for name in g.state]
-        known = g.meta.get("llm")
-        if known is not None:  # a frontend already described the model: only the cache changed
-            g.meta["llm"] = dict(known, kv_cache=self.manifest_section(pools[0], known.get("kv_cache", {})))
-            return None
         by_name = {v.name: v for v in g.inputs}
         tokens, positions, logits = by_name.get(token_input), self.positions, g.outputs[0]
         if tokens is None:
@@ -212,15 +207,15 @@ class _PastPresent(_Rewriter):
             return (f"batch {batch} and vocabulary {vocab} must be static (compile with a fixed batch, "
                     "--dim NAME=B:B)")
         if token_input != "tokens":
+            if g.fresh_name("tokens") != "tokens":
+                return "the name 'tokens' is taken"
             renamed = g.add_input("tokens", tokens.type)
             g.inputs.pop()
-            if renamed.name != "tokens":
-                g.forget_names([renamed])
-                return "the name 'tokens' is taken"
             g.inputs[g.inputs.index(tokens)] = renamed
             g.replace_uses(tokens, renamed)
             g.forget_names([tokens])
         heads_axis, dim_axis = (1, 3) if self.layout.order == "bhsd" else (2, 3)
+        pools = self.pools
         shape = pools[0].type.shape
         g.meta["llm"] = {
             "architecture": f"ONNX decoder {g.name}", "vocab_size": vocab, "batch": batch, "max_seq": max_seq,
@@ -251,6 +246,7 @@ class _PastPresent(_Rewriter):
                 raise self.fail(f"%{v.name} is still used by {users[v][0].label} after the rewrite; a paged cache "
                                 "replaces only its uses by the cache, the mask and the rotary embedding")
         new = [positions, table, *pools]
+        self.pools = pools
         g.inputs = [v for v in g.inputs if v not in dropped and v not in new] + new
         g.state = [p.name for p in pools]
         g.forget_names(dropped)

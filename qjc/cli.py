@@ -172,12 +172,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
     from qjc.api import load
     from qjc.runtime.generation import TextStream, load_tokenizer
-    from qjc.runtime.past_present import match_signature
 
     engine = load(args.artifact)
-    if not engine.manifest.get("llm") and match_signature(engine) is not None:
-        raise QJCError(f"{engine.path} is a past/present decoder without a tokenizer (an ONNX file)",
-                       "generate from token ids in Python: qjc.load(path).generate([ids...])")
     tokenizer = load_tokenizer(engine)
     ids = tokenizer.encode(args.prompt)
     stream = TextStream(tokenizer)

@@ -71,6 +71,7 @@ class SymbolTable:
         self.graph = graph
         self.ranges = dict(ranges or {})
         self._by_param: dict[str, Dim] = {}
+        self._names: set[str] = set()  # the symbols' own names (a range may be keyed by either)
 
     def dim(self, param: str) -> Dim:
         """The dim for ``param``: a symbol, or a plain int where its range is one value (a batch fixed at
@@ -82,6 +83,7 @@ class SymbolTable:
             name, n = base, 1
             while name in self.graph.symbols:
                 name, n = f"{base}_{n}", n + 1
+            self._names.add(name)
             lo, hi = self.ranges.get(param, self.ranges.get(name, DEFAULT_RANGE))
             if lo == hi:
                 self._by_param[param] = lo
@@ -89,6 +91,10 @@ class SymbolTable:
                 self.graph.add_symbol(name, lo, hi)
                 self._by_param[param] = SymExpr.symbol(name)
         return self._by_param[param]
+
+    def unused_ranges(self) -> list[str]:
+        """Range names no symbolic input dim carries (a typo, or a dim the model does not have)."""
+        return sorted(set(self.ranges) - set(self._by_param) - self._names)
 
 
 def _input_type(vi: onnx.ValueInfoProto, symbols: SymbolTable, source: str) -> TensorType:
@@ -143,6 +149,11 @@ class Importer:
                 value = self.graph.add_input(vi.name, _input_type(vi, self.symbols, self.source))
                 self.state.env[vi.name] = value
                 self.state.input_names[value] = vi.name
+        unused = self.symbols.unused_ranges()
+        if unused:
+            raise QJCError(f"{self.source}: no input has a symbolic dim named {', '.join(unused)} (dims given: "
+                           f"{', '.join(sorted(self.symbols.ranges))})",
+                           "the names are the model's dim_params; `qjc dump MODEL` shows them")
         for tensor in g.initializer:
             what = f"{self.source}: initializer {tensor.name!r}"
             data = tensor_to_array(tensor, what, self.loaded.external.get(tensor.name))

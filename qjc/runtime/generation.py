@@ -149,7 +149,8 @@ def load_tokenizer(engine: Any):
     """The tokenizer stored in the artifact (transformers is used only at this edge)."""
     rel = (engine.manifest.get("llm") or {}).get("tokenizer")
     if not rel:
-        raise QJCError(f"{engine.path} has no tokenizer; pass token ids instead of text")
+        raise QJCError(f"{engine.path} has no tokenizer (an ONNX file carries none); pass token ids instead of text",
+                       "generate from token ids in Python: qjc.load(path).generate([ids...])")
     try:
         from transformers import AutoTokenizer
     except ImportError:

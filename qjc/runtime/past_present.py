@@ -104,7 +104,8 @@ class PastPresentGenerator(PromptLoop):
         prompt = [int(t) for t in prompt]
         if not prompt:
             raise QJCError("generate: the prompt is empty")
-        if self.max_past is not None and len(prompt) + max_new_tokens - 1 > self.max_past:
+        # the last step reads the prompt and every new token but the last two as its past
+        if self.max_past is not None and len(prompt) + max_new_tokens - 2 > self.max_past:
             raise QJCError(f"generate: prompt ({len(prompt)} tokens) + max_new_tokens ({max_new_tokens}) exceeds the "
                            f"past length the engine was compiled for ({self.max_past})",
                            f"compile with a larger range for {self.roles.past_symbol}")

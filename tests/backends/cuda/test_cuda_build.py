@@ -313,7 +313,10 @@ def test_a_missing_cublaslt_is_said_once(monkeypatch):
     from qjc.backends.cuda import cublaslt_paths
 
     said: list[str] = []
-    monkeypatch.delenv("QJC_CUBLASLT_LIB", raising=False)
+    # set, then removed: monkeypatch then restores the session's own value (or absence) after the test, so the
+    # path this test makes the loader export does not leak into later engines
+    monkeypatch.setenv("QJC_CUBLASLT_LIB", "")
+    monkeypatch.delenv("QJC_CUBLASLT_LIB")
     monkeypatch.setattr(cublaslt_paths, "_warned", set())
     monkeypatch.setattr(cublaslt_paths, "find_library", lambda: None)
     monkeypatch.setattr(cublaslt_paths, "SONAME", "libqjc_no_such_cublaslt.so.13")

@@ -358,8 +358,11 @@ def test_generate_on_cpu_feeds_presents_back_as_pasts(model_path, tmp_path):
     assert engine.generate(prompts, max_new_tokens=8) == want
     stop = want[0][2]
     assert engine.generate(prompts[0], max_new_tokens=8, stop_ids=[stop]) == want[0][: want[0].index(stop) + 1]
+    # the longest request that fits: its last step reads a past of exactly MAX_SEQ positions
+    most = MAX_SEQ - len(prompts[0]) + 2
+    assert engine.generate(prompts[0], max_new_tokens=most, stop_ids=[]) == _greedy_reference(session, prompts[0], most)
     with pytest.raises(QJCError, match="exceeds the past length"):
-        engine.generate(prompts[0], max_new_tokens=MAX_SEQ)
+        engine.generate(prompts[0], max_new_tokens=most + 1)
     with pytest.raises(QJCError, match="no tokenizer"):
         engine.generate("hello")
     # a range of one value makes the dim static: the batch fixed at 1
@@ -384,3 +387,5 @@ def test_generate_on_cpu_feeds_presents_back_as_pasts(model_path, tmp_path):
         qjc.compile(Graph(), target="cpu", dims={"n": (0, 4)})
     with pytest.raises(QJCError, match="0 <= lo <= hi"):
         qjc.compile(model_path, target="cpu", dims={"past": (5, 1)})
+    with pytest.raises(QJCError, match="no input has a symbolic dim named pats"):  # a typo is not ignored
+        qjc.compile(model_path, target="cpu", dims={"pats": (0, 16)})
