@@ -120,9 +120,15 @@ def workloads():
     yield "SmolLM2-135M prefill 512", llama, (ids,), 512, attn, ids.numel() * 8 + 512 * 49152 * 2
 
 
+# switches the engine reads once per process (into statics): in this process a variant would silently time
+# the default, so they need a process of their own
+READ_ONCE = ("QJC_PDL", "QJC_ATTN_CTAS_PER_SM")
+
+
 def variant_ms(path, dev, iters: int, env: dict[str, str]) -> float:
-    """The same artifact run by a fresh engine under ``env`` (switches its launchers read when a graph is
-    captured: QJC_CUBLASLT=0 for qjc's own GEMMs, QJC_ATTN_SPLIT=0, QJC_PDL=0)."""
+    """The same artifact run by a fresh engine under ``env``: switches its launchers read at each launch, so at
+    the new engine's first (eager) run and its graph capture (QJC_CUBLASLT=0 for qjc's own GEMMs,
+    QJC_ATTN_SPLIT=0)."""
     import os
 
     import qjc
@@ -145,6 +151,9 @@ def _variant(text: str) -> tuple[str, dict[str, str]]:
     env = dict(a.split("=", 1) for a in assignments.split(",") if "=" in a)
     if not label or not env:
         raise argparse.ArgumentTypeError(f"expected LABEL:VAR=VALUE[,VAR=VALUE], got {text!r}")
+    once = [k for k in env if k in READ_ONCE]
+    if once:
+        raise argparse.ArgumentTypeError(f"{', '.join(once)}: read once per process; run the script with it set")
     return label, env
 
 
