@@ -17,7 +17,7 @@ from qjc.backends.cuda.exprgen import IX, Index, NotFusable, Params
 from qjc.backends.cuda.kernels.base import KernelSource, Workspace, indent, render
 from qjc.backends.cuda.kernels.context import KernelContext
 from qjc.backends.cuda.kernels.epilogue import store_accumulator
-from qjc.backends.cuda.kernels.quant_weights import template_facts
+from qjc.backends.cuda.kernels.quant_weights import mma_code_bytes, template_facts
 from qjc.ir.dims import Dim, contiguous_strides
 from qjc.ir.dtypes import f32, i32
 from qjc.ir.graph import Node, Value
@@ -28,6 +28,11 @@ GEMV_Q_MAX_M = 32  # rows the quantized GEMV takes (8 per grid.z block)
 GEMV_Q_UNROLL = (2, 2)  # 16-byte code loads per column each gemv_q lane keeps in flight: one row, up to 8 rows
 GEMV_Q_COLS = 4  # columns per warp for one row: the converted activations serve all of them
 GEMV_SPLIT_MAX_N = 8192  # wider outputs fill the GPU without splitting K
+GEMV_MMA_WIDE_SPLITS, GEMV_MMA_WIDE_MAX_N = 4, 65536  # the tensor-core GEMV's K splits of wider outputs
+# Outputs at least this wide take the tensor-core 4-bit GEMV (gemv_mma.cu.j2). Measured on an H200, Llama-3.2-1B
+# shape, int4 groups of 64, batch 1, us per step of each GEMV's 16 layers (gemv_mma / gemv_q): the vocabulary
+# projection (N = 128256) 71.4 / 82.0 for one, but q/k/v, o, gate/up and down 132-240 / 110-224, slower.
+GEMV_MMA_MIN_N = 32768
 SPLITK_WORKSPACE_FLOATS = 1 << 21  # 8 MB of f32 partial sums; every GEMM step shares the bytes
 LT_WORKSPACE_FLOATS = SPLITK_WORKSPACE_FLOATS  # cuBLASLt's scratch: the split-K one, or one of its size
 LT_TYPES = {"f32": 0, "f16": 1, "bf16": 2}  # QJC_LT_* in common.cuh
@@ -234,18 +239,26 @@ def gemm_kernel(ctx: KernelContext, core: Node, outputs: list[Value], prologue: 
     gemv_rows = GEMV_Q_MAX_M if gemv_q else GEMV_MAX_M
     gemv = b_nk and dtype.is_float and (not isinstance(m_dim, int) or m_dim <= gemv_rows)
     gemv_q = gemv_q and gemv
+    # the tensor-core 4-bit GEMV only where it measured faster than gemv_q: the vocabulary projection
+    mma_wide = gemv_q and isinstance(n_dim, int) and n_dim >= GEMV_MMA_MIN_N
+    mma_lb = mma_code_bytes(ctx.quant_parts[id(b_val)].scheme, dtype.name) if mma_wide else 0
     tensor_cores = dtype.name in ("f16", "bf16") and quant is None  # quantized B: GEMV and CUDA cores
     static_aligned = all(isinstance(d, int) and d % 8 == 0 for d in (k_dim, a_batch_stride, b_batch_stride)) and \
         (b_nk or (isinstance(n_dim, int) and n_dim % 8 == 0))
     simt = not tensor_cores or not static_aligned
     n_static = n_dim if isinstance(n_dim, int) else None
     max_splits = GEMV_MAX_SPLITS if gemv and n_static is not None and n_static <= GEMV_SPLIT_MAX_N else 1
+    # the tensor-core GEMV splits wide outputs too: it keeps fewer columns in flight per SM than gemv_q
+    mma_splits = max_splits
+    if mma_lb and max_splits == 1 and n_static is not None and n_static <= GEMV_MMA_WIDE_MAX_N:
+        mma_splits = GEMV_MMA_WIDE_SPLITS
     ws_index = tickets_index = 0
-    if gemv and max_splits > 1:
+    if gemv and max(max_splits, mma_splits) > 1:
         # partial sums of the K splits, and the arrival tickets of the last-block epilogue (one per
         # column block and 8-row chunk; zeroed once, the last block rearms its own)
         # (+ each split's sums of squares per row under a norm prologue)
-        workspaces.append(Workspace(f32, max_splits * gemv_rows * (n_static + (norm is not None))))
+        rows = max(max_splits * gemv_rows, mma_splits * GEMV_MAX_M)
+        workspaces.append(Workspace(f32, rows * (n_static + (norm is not None))))
         workspaces.append(Workspace(i32, -(-n_static // 8) * -(-gemv_rows // 8), persistent=True))
     if workspaces:
         ws_index = len(params.values)
@@ -273,7 +286,8 @@ def gemm_kernel(ctx: KernelContext, core: Node, outputs: list[Value], prologue: 
         ab_ctype=ctype(dtype), acc_t=acc_t, b_nk=b_nk, b_nk_cpp="true" if b_nk else "false",
         tensor_cores=tensor_cores, simt=simt, mma_type="bf16" if dtype.name == "bf16" else "f16",
         quant=quant, gemv=gemv, gemv_vec=max(1, 16 // (2 if dtype.name in ("f16", "bf16") else 4)) if gemv else 1,
-        gemv_q=gemv_q, gemv_q_max_m=GEMV_Q_MAX_M, gemv_q_unroll=GEMV_Q_UNROLL, gemv_q_cols=GEMV_Q_COLS,
+        gemv_q=gemv_q, gemv_mma=mma_lb, mma_splits=mma_splits,
+        gemv_q_max_m=GEMV_Q_MAX_M, gemv_q_unroll=GEMV_Q_UNROLL, gemv_q_cols=GEMV_Q_COLS,
         max_splits=max_splits, ws_index=ws_index, tickets_index=tickets_index,
         splitk_ws=splitk_ws, splitk_ws_index=splitk_ws_index,
         a_index=a_index, b_index=int(b_ptr[1:]), norm_prologue=norm is not None, **(norm or {}), **lt,

@@ -73,3 +73,13 @@ def template_facts(parts: QuantParts, params) -> dict:
         "k_packed": k_packed, "groups": int(parts.scales.type.shape[1]),
         "epl": codes_per_16_bytes(s), "loads_16_bytes": loads_16_bytes(parts),
     }
+
+
+def mma_code_bytes(scheme: QuantScheme, act_dtype: str) -> int:
+    """Code bytes per lane, row and round of the tensor-core 4-bit GEMV (templates/gemv_mma.cu.j2), 0 where it
+    does not apply: integer 4-bit codes, f16 / bf16 activations, and rounds of 8 x that many codes (4 lanes x 2
+    codes per byte) that stay inside one scale group."""
+    if scheme.bits != 4 or scheme.codes != "int" or act_dtype not in ("f16", "bf16"):
+        return 0
+    group = scheme.group_size
+    return next((lb for lb in (16, 8, 4) if group == 0 or group % (8 * lb) == 0), 0)

@@ -92,6 +92,29 @@ def test_quantized_weights_stay_quantized_and_build(tmp_path):
 
 
 @pytest.mark.skipif(find_nvcc() is None, reason="nvcc is not installed")
+def test_tensor_core_gemv_only_where_it_applies(tmp_path):
+    """gemv_mma needs f16 / bf16 activations, 4-bit integer codes, groups that hold whole rounds of 32 codes
+    and an output at least GEMV_MMA_MIN_N wide (where it measured faster); everything else keeps gemv_q."""
+    import qjc
+    from qjc.backends.cuda.kernels.gemm import GEMV_MMA_MIN_N
+
+    rng = np.random.default_rng(0)
+    wide, int4 = GEMV_MMA_MIN_N + 8, QuantScheme(4, 64, False, f16, "float")
+    cases = [(QuantScheme(4, 32, False, f16, "float"), "fp16", wide, None, True),
+             (QuantScheme(4, 0, True, f16), "bf16", wide, None, True),
+             (int4, "bf16", wide, 1e-5, True),  # with the RMSNorm prologue (K <= 1024)
+             (int4, "fp32", wide, None, False),
+             (int4, "bf16", 24, None, False),
+             (QuantScheme(8, 0, True, f16), "bf16", wide, None, False)]
+    for i, (scheme, dtype, n, eps, mma) in enumerate(cases):
+        g, _, _ = _graph(scheme, [(n, 128)], rng, norm_eps=eps)
+        out = tmp_path / f"{i}.qjc"
+        qjc.api.build(g, out, target="cuda", archs=("sm_90a",), dtype=dtype, quant_kernels=True)
+        src = _sources(out)
+        assert "gemv_q<" in src and ("gemv_mma<" in src) == mma, (scheme.name, dtype, n, eps)
+
+
+@pytest.mark.skipif(find_nvcc() is None, reason="nvcc is not installed")
 def test_rows_of_partial_16_byte_chunks_build_without_the_16_byte_gemv(tmp_path):
     import qjc
 
@@ -105,7 +128,7 @@ def test_rows_of_partial_16_byte_chunks_build_without_the_16_byte_gemv(tmp_path)
 
 @pytest.mark.cuda
 @pytest.mark.parametrize("scheme", SCHEMES, ids=[s.name for s in SCHEMES])
-@pytest.mark.parametrize("dtype,tol", [("fp32", 1e-5), ("bf16", 2e-2)])
+@pytest.mark.parametrize("dtype,tol", [("fp32", 1e-5), ("bf16", 2e-2), ("fp16", 4e-3)])
 def test_quantized_linear_matches_float64(tmp_path, scheme, dtype, tol):
     import torch
 
@@ -169,6 +192,40 @@ def test_quantized_linear_after_rms_norm_matches_float64(tmp_path, scheme, dtype
         for (n, k), x, w, bias, y in zip(NORM_SHAPES, xs, weights, biases, got):
             x64 = x.astype(np.float64)
             x64 = x64 / np.sqrt((x64 * x64).mean(-1, keepdims=True) + 1e-5)
+            want = x64 @ w.T + bias
+            err = np.abs(np.asarray(y, np.float64) - want).max() / np.abs(want).max()
+            assert err < tol, f"M={m} N={n} K={k}: relative error {err:.2e}"
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("scheme", [QuantScheme(4, 64, False, f16, "float"), QuantScheme(4, 0, True, f16)],
+                         ids=lambda s: s.name)
+@pytest.mark.parametrize("dtype,tol", [("bf16", 2e-2), ("fp16", 4e-3)])
+@pytest.mark.parametrize("norm_eps", [None, 1e-5], ids=["plain", "rms_norm"])
+def test_tensor_core_gemv_matches_float64(tmp_path, scheme, dtype, tol, norm_eps):
+    """gemv_mma (outputs at least GEMV_MMA_MIN_N wide), with and without the RMSNorm prologue: K = 1024 splits
+    K in two (its own workspace, the squares carried along), K = 4096 splits it in four, K = 128 not at all."""
+    import torch
+
+    import qjc
+    from qjc.backends.cuda.kernels.gemm import GEMV_MMA_MIN_N
+    from qjc.backends.cuda.options import arch_of_capability
+
+    rng = np.random.default_rng()
+    n = GEMV_MMA_MIN_N + 8  # a partial group of 32 columns
+    shapes = [(n, 1024), (n, 128)] + ([(n, 4096)] if norm_eps is None else [])
+    g, weights, biases = _graph(scheme, shapes, rng, norm_eps=norm_eps)
+    out = tmp_path / "q.qjc"
+    engine = qjc.compile(g, target="cuda", archs=(arch_of_capability(*torch.cuda.get_device_capability()),),
+                         dtype=dtype, quant_kernels=True, out_dir=out)
+    assert "gemv_mma<" in _sources(out)
+    for m in (1, 3, 8):
+        xs = [rng.standard_normal((m, k)).astype(np.float32) * 3 for _, k in shapes]
+        got = engine(*xs)
+        for (n, k), x, w, bias, y in zip(shapes, xs, weights, biases, got):
+            x64 = x.astype(np.float64)
+            if norm_eps is not None:
+                x64 = x64 / np.sqrt((x64 * x64).mean(-1, keepdims=True) + norm_eps)
             want = x64 @ w.T + bias
             err = np.abs(np.asarray(y, np.float64) - want).max() / np.abs(want).max()
             assert err < tol, f"M={m} N={n} K={k}: relative error {err:.2e}"
