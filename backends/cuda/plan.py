@@ -446,6 +446,31 @@ class Planner:
             removed.add(id(plan.root))
         return [p for p in plans if id(p.root) not in removed]
 
+    def fuse_cache_writes(self, plans: list[KernelPlan]) -> list[KernelPlan]:
+        """A layer's K and V cache write (one kernel after pair_cache_writes) moves into the paged attention
+        that reads those pools: on a decode step (one query per row) the CTA whose key slice holds the new
+        position writes it and uses it; longer steps run the write kernel first from the same launcher. One
+        launch less per layer and step."""
+        writes = {id(n.outputs[0]): plan for plan in plans if plan.core is not None
+                  and plan.core.op == "paged_kv_write" for n in (plan.core, *plan.partners)}
+        removed: set[int] = set()
+        for plan in plans:
+            core = plan.core
+            if not self.local_fusion or core is None or core.op != "paged_attention":
+                continue
+            _, k_pool, v_pool, table, positions = core.inputs
+            host = writes.get(id(k_pool))
+            if host is None or writes.get(id(v_pool)) is not host or id(host.root) in removed:
+                continue
+            nodes = {id(n.outputs[0]): n for n in (host.core, *host.partners)}
+            if set(nodes) != {id(k_pool), id(v_pool)} or any(
+                    n.inputs[1] is not table or n.inputs[2] is not positions
+                    or [u is core for u in self.users.get(id(n.outputs[0]), [])] != [True] for n in nodes.values()):
+                continue
+            plan.partners = [nodes[id(k_pool)], nodes[id(v_pool)]]
+            removed.add(id(host.root))
+        return [p for p in plans if id(p.root) not in removed]
+
     def merge_epilogues(self, plans: list[KernelPlan]) -> list[KernelPlan]:
         """A pure elementwise kernel that reads the stored result of a GEMM / conv / norm kernel,
         element for element, becomes more outputs of that kernel's epilogue (a residual kept in
@@ -483,7 +508,7 @@ class Planner:
         if core.op == "sdpa":
             return attention_kernel(ctx, core, self.in_views.get(id(core)), self.out_views.get(id(core)))
         if core.op == "paged_attention":
-            return paged_attention_kernel(ctx, core, self.out_views.get(id(core)))
+            return paged_attention_kernel(ctx, core, self.out_views.get(id(core)), plan.partners)
         if core.op == "paged_kv_write":
             return paged_kv_write_kernel(ctx, [core, *plan.partners])
         if core.op in STANDALONE:
@@ -498,7 +523,7 @@ class Planner:
             if conflicts:
                 self.forced |= conflicts
                 continue
-            plans = self.pair_cache_writes(self.merge_epilogues(self.co_produce(plans, mat)))
+            plans = self.fuse_cache_writes(self.pair_cache_writes(self.merge_epilogues(self.co_produce(plans, mat))))
             ctx = KernelContext(self.syms, self.ranges, lambda v, mat=mat: id(v) in mat, self.quant_parts,
                                 self.blaslt)
             try:

@@ -7,7 +7,7 @@ import math
 
 from qjc.backends.cuda.cexpr import ctype
 from qjc.backends.cuda.exprgen import IX, Index, Params
-from qjc.backends.cuda.kernels.base import KernelSource, Workspace, render
+from qjc.backends.cuda.kernels.base import NAME_PLACEHOLDER, KernelSource, Workspace, render
 from qjc.backends.cuda.kernels.context import KernelContext
 from qjc.errors import BackendError
 from qjc.ir.dims import Dim, contiguous_strides
@@ -61,26 +61,37 @@ def element_function(ctx: KernelContext, params: Params, v: Value) -> dict[str, 
     return {"body": "\n".join("    " + line for line in gen.pre + gen.body), "result": var}
 
 
+def _kv_write_facts(ctx: KernelContext, params: Params, nodes: list[Node]) -> dict:
+    """What paged_kv_write.cu.j2 needs for cache writes that share the block table, positions and pool type;
+    registers their operands in ``params`` (each output value shares its pool input's buffer)."""
+    _, table, positions, _ = nodes[0].inputs
+    pool_ptrs = [params.ptr(n.outputs[0], write=True) for n in nodes]
+    table_ptr, pos_ptr = params.ptr(table), params.ptr(positions)
+    return dict(t_ctype=ctype(nodes[0].inputs[0].type.dtype), pos_ctype=ctype(positions.type.dtype),
+                pool_indices=[int(p[1:]) for p in pool_ptrs], table_index=int(table_ptr[1:]),
+                pos_index=int(pos_ptr[1:]), b_host=ctx.host_dim(positions.type.shape[0]),
+                s_host=ctx.host_dim(positions.type.shape[1]), max_blocks=ctx.host_dim(table.type.shape[1]),
+                new_at=[element_function(ctx, params, n.inputs[3]) for n in nodes],
+                **_pool_geometry(nodes[0], nodes[0].inputs[0]))
+
+
+def _render_kv_write(ctx: KernelContext, params: Params, facts: dict) -> str:
+    return render("paged_kv_write.cu.j2", nptr=len(params.values), nsym=ctx.nsym,
+                  decls="\n".join("    " + d for d in params.declarations()), **facts)
+
+
 def paged_kv_write_kernel(ctx: KernelContext, nodes: list[Node]) -> KernelSource:
     """One kernel for cache writes that share the block table, positions and pool type (a layer's K
     and V). Each output value shares its pool input's buffer (the planner aliases them): written in place."""
-    _, table, positions, _ = nodes[0].inputs
-    geo = _pool_geometry(nodes[0], nodes[0].inputs[0])
     params = Params()
-    pool_ptrs = [params.ptr(n.outputs[0], write=True) for n in nodes]
-    table_ptr, pos_ptr = params.ptr(table), params.ptr(positions)
-    new_at = [element_function(ctx, params, n.inputs[3]) for n in nodes]
-    source = render(
-        "paged_kv_write.cu.j2", nptr=len(params.values), nsym=ctx.nsym, t_ctype=ctype(nodes[0].inputs[0].type.dtype),
-        pos_ctype=ctype(positions.type.dtype), pool_indices=[int(p[1:]) for p in pool_ptrs],
-        table_index=int(table_ptr[1:]), pos_index=int(pos_ptr[1:]), b_host=ctx.host_dim(positions.type.shape[0]),
-        s_host=ctx.host_dim(positions.type.shape[1]), max_blocks=ctx.host_dim(table.type.shape[1]),
-        decls="\n".join("    " + d for d in params.declarations()), new_at=new_at, **geo)
+    source = _render_kv_write(ctx, params, _kv_write_facts(ctx, params, nodes))
     return KernelSource("paged_kv_write", source, list(params.values), [n.outputs[0] for n in nodes])
 
 
-def paged_attention_kernel(ctx: KernelContext, node: Node,
-                           out_view: tuple[Value, list[Dim]] | None = None) -> KernelSource:
+def paged_attention_kernel(ctx: KernelContext, node: Node, out_view: tuple[Value, list[Dim]] | None = None,
+                           writes: list[Node] | None = None) -> KernelSource:
+    """``writes``: the K and V cache writes whose pools this attention reads (the planner's fuse_cache_writes),
+    done by this step: inside the attention on a one-token step, by the write kernel first otherwise."""
     q, k_pool, v_pool, table, positions = node.inputs
     out = node.outputs[0]
     geo = _pool_geometry(node, k_pool)
@@ -94,6 +105,7 @@ def paged_attention_kernel(ctx: KernelContext, node: Node,
     k_ptr, v_ptr = params.ptr(k_pool), params.ptr(v_pool)
     table_ptr, pos_ptr = params.ptr(table), params.ptr(positions)
     q_at = element_function(ctx, params, q)
+    kv_write = _kv_write_facts(ctx, params, writes) if writes else None
     max_blocks = table.type.shape[1]
     if not isinstance(max_blocks, int):
         raise BackendError(f"{node.label}: the block table needs a static width, got {table.type}")
@@ -108,9 +120,13 @@ def paged_attention_kernel(ctx: KernelContext, node: Node,
         v_index=int(v_ptr[1:]), table_index=int(table_ptr[1:]), pos_index=int(pos_ptr[1:]),
         o_index=int(o_ptr[1:]), b_host=ctx.host_dim(q.type.shape[0]), s_host=ctx.host_dim(q.type.shape[2]),
         max_blocks=max_blocks, max_splits=max_splits, scale=f"{float(scale)!r}f",
-        o_strides=[f"(idx_t){ctx.host_dim(d)}" for d in o_strides[:3]], **geo)
+        o_strides=[f"(idx_t){ctx.host_dim(d)}" for d in o_strides[:3]],
+        new_at=kv_write["new_at"] if kv_write else [], **geo)
+    if kv_write:  # the write kernel for longer steps, named after this kernel
+        source = _render_kv_write(ctx, params, kv_write).replace(NAME_PLACEHOLDER, NAME_PLACEHOLDER + "_kvw") + source
     # partials of the key slices, [rows, Hq, splits, (max, sum, accumulator[D])] in f32, and the arrival
     # counters of the last-CTA merge (zeroed once; the merging CTA rearms its own)
     partials = Workspace(parse_dtype("f32"), PART_SLOTS * group * (geo["d"] + 2))
     tickets = Workspace(parse_dtype("i32"), MAX_TICKETS, persistent=True)
-    return KernelSource("paged_attention", source, list(params.values), [target], [partials, tickets])
+    written = [target, *(n.outputs[0] for n in writes or ())]
+    return KernelSource("paged_attention", source, list(params.values), written, [partials, tickets])

@@ -216,11 +216,14 @@ def test_paged_decoder_builds_with_the_native_loop(tmp_path):
     assert manifest["kv_cache"]["dtype"] == "bf16"  # the pool as the engine holds it
     src = out / "cuda" / "src"
     kernels = "".join(p.read_text() for p in src.glob("kernels_*.cu"))
-    # one in-place write of both pools per layer; split-key attention merged by its last CTA
+    # one in-place write of both pools per layer, inside the layer's attention (its own kernel, from the same
+    # launcher, only for steps of several tokens); split-key attention merged by its last CTA
     assert kernels.count("__global__ void write(") == 1 and "new_at1(" in kernels
+    assert "attend<true>" in kernels and "_kvw(p, S, stream)" in kernels
     assert "atomicAdd(&tickets" in kernels
     plan = json.loads((out / "cuda" / "plan.json").read_text())
-    assert sum("paged_kv_write" in s["kernel"] for s in plan["steps"]) == 1
+    assert not any("paged_kv_write" in s["kernel"] for s in plan["steps"])
+    assert sum("paged_attention" in s["kernel"] for s in plan["steps"]) == 1  # one layer
     assert "qjc_sample_tokens" in (src / "sampling.cu").read_text()
     host = (src / "host_engine.cpp").read_text()
     for fn in ("qjc_llm_add", "qjc_llm_step", "qjc_llm_poll", "qjc_llm_release", "cudaGraphLaunch"):
