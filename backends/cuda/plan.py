@@ -465,6 +465,7 @@ class Planner:
             nodes = {id(n.outputs[0]): n for n in (host.core, *host.partners)}
             if set(nodes) != {id(k_pool), id(v_pool)} or any(
                     n.inputs[1] is not table or n.inputs[2] is not positions
+                    or n.attrs["layout"] != core.attrs["layout"]  # the attention's pool strides serve the write
                     or [u is core for u in self.users.get(id(n.outputs[0]), [])] != [True] for n in nodes.values()):
                 continue
             plan.partners = [nodes[id(k_pool)], nodes[id(v_pool)]]

@@ -255,7 +255,7 @@ def gemm_kernel(ctx: KernelContext, core: Node, outputs: list[Value], prologue: 
     ws_index = tickets_index = 0
     if gemv and max(max_splits, mma_splits) > 1:
         # partial sums of the K splits, and the arrival tickets of the last-block epilogue (one per
-        # column block and 8-row chunk; zeroed once, the last block rearms its own)
+        # column block and 8-row chunk, or per warp's 32 columns in gemv_mma; zeroed once, the last rearms its own)
         # (+ each split's sums of squares per row under a norm prologue)
         rows = max(max_splits * gemv_rows, mma_splits * GEMV_MAX_M)
         workspaces.append(Workspace(f32, rows * (n_static + (norm is not None))))

@@ -330,3 +330,38 @@ def test_a_missing_cublaslt_is_said_once(monkeypatch):
     monkeypatch.setattr(cublaslt_paths, "find_library", lambda: wheel)
     assert cublaslt_paths.point_engine_at_library(said.append) == wheel
     assert os.environ["QJC_CUBLASLT_LIB"] == str(wheel) and len(said) == 1
+
+
+def _cache_graph(extra_reader: bool, attention_layout: str):
+    """K / V cache writes (layout bhsd) read by a paged attention; optionally the new K pool also feeds another op."""
+    from qjc.ir import Graph
+    from qjc.ir.dtypes import parse_dtype
+    from qjc.ir.types import TensorType
+
+    g = Graph("cache")
+    f32, pool = parse_dtype("f32"), (16, 2, 8, 32)
+    k_pool, v_pool = (g.add_input(n, TensorType(pool, f32)) for n in ("k_pool", "v_pool"))
+    table = g.add_input("block_table", TensorType((2, 8), parse_dtype("i32")))
+    positions = g.add_input("positions", TensorType((2, 1), parse_dtype("i64")))
+    q = g.add_input("q", TensorType((2, 8, 1, 32), f32))  # 8 heads: a multiple of the kv heads either way
+    k, v = (g.add_input(n, TensorType((2, 2, 1, 32), f32)) for n in ("k", "v"))
+    k2 = g.op("paged_kv_write", k_pool, table, positions, k, layout="bhsd")
+    v2 = g.op("paged_kv_write", v_pool, table, positions, v, layout="bhsd")
+    out = g.op("paged_attention", q, k2, v2, table, positions, layout=attention_layout)
+    g.set_outputs(out, *([g.op("mul", k2, k2)] if extra_reader else [k2, v2]))
+    return g
+
+
+@needs_nvcc
+@pytest.mark.parametrize("extra_reader,attention_layout,fused", [(False, "bhsd", True), (True, "bhsd", False),
+                                                                 (False, "bshd", False)])
+def test_cache_writes_move_into_the_attention_only_when_it_alone_reads_them(tmp_path, extra_reader,
+                                                                            attention_layout, fused):
+    import qjc
+
+    out = tmp_path / "cache.qjc"
+    qjc.api.build(_cache_graph(extra_reader, attention_layout), out, target="cuda", archs=("sm_90a",))
+    steps = [s["kernel"] for s in json.loads((out / "cuda" / "plan.json").read_text())["steps"]]
+    assert any("paged_kv_write" in s for s in steps) != fused, steps
+    kernels = "".join(p.read_text() for p in (out / "cuda" / "src").glob("kernels_*.cu"))
+    assert ("attend<true>" in kernels) == fused

@@ -203,8 +203,8 @@ def test_quantized_linear_after_rms_norm_matches_float64(tmp_path, scheme, dtype
 @pytest.mark.parametrize("dtype,tol", [("bf16", 2e-2), ("fp16", 4e-3)])
 @pytest.mark.parametrize("norm_eps", [None, 1e-5], ids=["plain", "rms_norm"])
 def test_tensor_core_gemv_matches_float64(tmp_path, scheme, dtype, tol, norm_eps):
-    """gemv_mma (outputs at least GEMV_MMA_MIN_N wide), with and without the RMSNorm prologue: K = 1024 splits
-    K in two (its own workspace, the squares carried along), K = 4096 splits it in four, K = 128 not at all."""
+    """gemv_mma (outputs at least GEMV_MMA_MIN_N wide), with and without the RMSNorm prologue: K = 1024 and 4096
+    split K in two on a 132-SM GPU (its own workspace, the squares carried along), K = 128 not at all."""
     import torch
 
     import qjc
