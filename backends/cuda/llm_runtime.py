@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from qjc.errors import BackendError, QJCError
-from qjc.runtime.generation import Sampling, load_tokenizer
+from qjc.runtime.generation import ArtifactTokenizer, Sampling
 
 _I32P = ctypes.POINTER(ctypes.c_int32)
 GREEDY = Sampling()
@@ -42,7 +42,7 @@ def bind_llm(lib: ctypes.CDLL) -> bool:
     return True
 
 
-class NativeGenerator:
+class NativeGenerator(ArtifactTokenizer):
     def __init__(self, engine: Any) -> None:
         self.engine = engine
         self.lib = engine._lib
@@ -123,12 +123,6 @@ class NativeGenerator:
         finally:
             for r in ids:
                 self.release(r)
-
-    @property
-    def tokenizer(self):
-        if self._tokenizer is None:
-            self._tokenizer = load_tokenizer(self.engine)
-        return self._tokenizer
 
     def generate(self, prompt: Any, max_new_tokens: int = 64, **options: Any) -> Any:
         """Text in -> text out; token ids in -> ids out; a list of prompts -> a list of results."""

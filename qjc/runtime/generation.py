@@ -8,6 +8,7 @@ override this; it is the reference loop and the CPU path.
 
 from __future__ import annotations
 
+import collections.abc
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -46,22 +47,58 @@ def sample(logits: np.ndarray, sampling: Sampling, rng: np.random.Generator) -> 
     return int(order[rng.choice(len(order), p=probs)])
 
 
-class PromptLoop:
-    """What every host generation loop shares: prompts as text (through the artifact's tokenizer), token ids or
-    a list of either, and the sampling options; a subclass generates the ids of one prompt."""
+class ArtifactTokenizer:
+    """The tokenizer stored in ``self.engine``'s artifact, loaded on first use."""
 
     engine: Any
     _tokenizer: Any = None
-
-    def generate_ids(self, prompt: Sequence[int], max_new_tokens: int = 64, sampling: Sampling | None = None,
-                     stop_ids: Sequence[int] | None = None, on_token: Callable[[int], None] | None = None) -> list[int]:
-        raise NotImplementedError
 
     @property
     def tokenizer(self):
         if self._tokenizer is None:
             self._tokenizer = load_tokenizer(self.engine)
         return self._tokenizer
+
+
+class PromptLoop(ArtifactTokenizer):
+    """What every host generation loop shares: prompts as text (through the artifact's tokenizer), token ids or
+    a list of either, and the sampling options; a subclass generates the ids of one prompt."""
+
+    def _check_fits(self, prompt_len: int, max_new_tokens: int) -> None:
+        """Raise a QJCError if the engine cannot hold the prompt and ``max_new_tokens`` more."""
+        raise NotImplementedError
+
+    def _default_stops(self) -> set[int]:
+        return set()
+
+    def _decode(self, prompt: list[int]) -> collections.abc.Generator[np.ndarray, int, None]:
+        """Run the prompt, yield its last position's logits; each token sent in runs one step more."""
+        raise NotImplementedError
+
+    def generate_ids(self, prompt: Sequence[int], max_new_tokens: int = 64, sampling: Sampling | None = None,
+                     stop_ids: Sequence[int] | None = None, on_token: Callable[[int], None] | None = None) -> list[int]:
+        """New token ids after ``prompt`` (the prompt itself is not repeated)."""
+        prompt = [int(t) for t in prompt]
+        if not prompt:
+            raise QJCError("generate: the prompt is empty")
+        self._check_fits(len(prompt), max_new_tokens)
+        sampling = sampling or Sampling()
+        stops = self._default_stops() if stop_ids is None else set(stop_ids)
+        rng = np.random.default_rng(sampling.seed)
+        steps = self._decode(prompt)
+        logits = next(steps)
+        out: list[int] = []
+        for i in range(max_new_tokens):
+            token = sample(logits, sampling, rng)
+            out.append(token)
+            if on_token is not None:
+                on_token(token)
+            if token in stops:
+                break
+            if i + 1 < max_new_tokens:  # one engine run per token produced
+                logits = steps.send(token)
+        steps.close()
+        return out
 
     def generate(self, prompt: str | Sequence[int] | Sequence[str] | Sequence[Sequence[int]],
                  max_new_tokens: int = 64, **options: Any):
@@ -97,33 +134,23 @@ class Generator(PromptLoop):
     def _fresh_state(self) -> list[np.ndarray]:
         return [np.zeros(tuple(int(d) for d in s.shape), dtype=_np_dtype(s.dtype)) for s in self.state_specs]
 
-    def generate_ids(self, prompt: Sequence[int], max_new_tokens: int = 64, sampling: Sampling | None = None,
-                     stop_ids: Sequence[int] | None = None, on_token: Callable[[int], None] | None = None) -> list[int]:
-        """New token ids after ``prompt`` (the prompt itself is not repeated)."""
-        sampling = sampling or Sampling()
-        prompt = [int(t) for t in prompt]
-        if not prompt:
-            raise QJCError("generate: the prompt is empty")
-        if len(prompt) + max_new_tokens > self.max_seq:
-            raise QJCError(f"generate: prompt ({len(prompt)} tokens) + max_new_tokens ({max_new_tokens}) exceeds "
+    def _check_fits(self, prompt_len: int, max_new_tokens: int) -> None:
+        if prompt_len + max_new_tokens > self.max_seq:
+            raise QJCError(f"generate: prompt ({prompt_len} tokens) + max_new_tokens ({max_new_tokens}) exceeds "
                            f"the engine's max_seq {self.max_seq}", "compile with a larger max_seq")
-        stops = set(self.llm.get("eos_token_ids", []) if stop_ids is None else stop_ids)
-        rng = np.random.default_rng(sampling.seed)
+
+    def _default_stops(self) -> set[int]:
+        return set(self.llm.get("eos_token_ids", []))
+
+    def _decode(self, prompt: list[int]) -> collections.abc.Generator[np.ndarray, int, None]:
         state = self._fresh_state()
         tokens = np.asarray([prompt], dtype=np.int64)
         positions = np.arange(len(prompt), dtype=np.int64)
-        out: list[int] = []
-        for _ in range(max_new_tokens):
+        while True:
             logits, *state = self.engine(tokens, positions, *state)
-            token = sample(np.asarray(logits)[0, -1], sampling, rng)
-            out.append(token)
-            if on_token is not None:
-                on_token(token)
-            if token in stops:
-                break
+            token = yield np.asarray(logits)[0, -1]
             positions = np.asarray([positions[-1] + 1], dtype=np.int64)
             tokens = np.asarray([[token]], dtype=np.int64)
-        return out
 
 
 class TextStream:

@@ -10,14 +10,14 @@ Targets with a paged KV cache (cuda) rewrite such caches into their pool instead
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import collections.abc
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from qjc.errors import QJCError
-from qjc.runtime.generation import PromptLoop, Sampling, _np_dtype, sample
+from qjc.runtime.generation import PromptLoop, _np_dtype
 
 TOKEN_INPUTS = ("input_ids",)
 PAST_PREFIXES = (("past_key_values", "present"), ("past", "present"))
@@ -99,23 +99,17 @@ class PastPresentGenerator(PromptLoop):
                                            for axis, d in enumerate(specs[k].shape)), dtype=_np_dtype(specs[k].dtype))
                             for k in roles.pasts]
 
-    def generate_ids(self, prompt: Sequence[int], max_new_tokens: int = 64, sampling: Sampling | None = None,
-                     stop_ids: Sequence[int] | None = None, on_token: Callable[[int], None] | None = None) -> list[int]:
-        prompt = [int(t) for t in prompt]
-        if not prompt:
-            raise QJCError("generate: the prompt is empty")
+    def _check_fits(self, prompt_len: int, max_new_tokens: int) -> None:
         # the last step reads the prompt and every new token but the last two as its past
-        if self.max_past is not None and len(prompt) + max_new_tokens - 2 > self.max_past:
-            raise QJCError(f"generate: prompt ({len(prompt)} tokens) + max_new_tokens ({max_new_tokens}) exceeds the "
+        if self.max_past is not None and prompt_len + max_new_tokens - 2 > self.max_past:
+            raise QJCError(f"generate: prompt ({prompt_len} tokens) + max_new_tokens ({max_new_tokens}) exceeds the "
                            f"past length the engine was compiled for ({self.max_past})",
                            f"compile with a larger range for {self.roles.past_symbol}")
+
+    def _decode(self, prompt: list[int]) -> collections.abc.Generator[np.ndarray, int, None]:
         roles, specs = self.roles, self.engine.signature.inputs
-        sampling = sampling or Sampling()
-        stops = set(stop_ids or ())
-        rng = np.random.default_rng(sampling.seed)
         pasts, past_len, step = list(self.empty_pasts), 0, prompt
-        out: list[int] = []
-        for _ in range(max_new_tokens):
+        while True:
             feeds: list[Any] = [None] * len(specs)
             feeds[roles.tokens] = np.asarray([step], dtype=_np_dtype(specs[roles.tokens].dtype))
             if roles.mask is not None:
@@ -126,16 +120,10 @@ class PastPresentGenerator(PromptLoop):
             for k, past in zip(roles.pasts, pasts):
                 feeds[k] = past
             results = self.engine(*feeds)
-            token = sample(np.asarray(results[roles.logits])[0, -1], sampling, rng)
-            out.append(token)
-            if on_token is not None:
-                on_token(token)
-            if token in stops:
-                break
+            token = yield np.asarray(results[roles.logits])[0, -1]
             pasts = [results[k] for k in roles.presents]
             past_len += len(step)
             step = [token]
-        return out
 
 
 __all__ = ["PastPresentGenerator", "PastPresentSignature", "match_signature"]
