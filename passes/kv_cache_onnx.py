@@ -40,6 +40,7 @@ from qjc.ir import Graph
 from qjc.ir.dims import SymExpr
 from qjc.ir.dtypes import parse_dtype
 from qjc.ir.graph import Node, Value
+from qjc.ir.ops.paged import pool_dims
 from qjc.ir.types import TensorType
 from qjc.passes.kv_cache import PagedLayout, _Rewriter, layout_from
 from qjc.passes.kv_cache_mask import MaskProver, check_causal_mask
@@ -214,13 +215,11 @@ class _PastPresent(_Rewriter):
             g.inputs[g.inputs.index(tokens)] = renamed
             g.replace_uses(tokens, renamed)
             g.forget_names([tokens])
-        heads_axis, dim_axis = (1, 3) if self.layout.order == "bhsd" else (2, 3)
-        pools = self.pools
-        shape = pools[0].type.shape
+        _, kv_heads, _, head_dim = pool_dims(self.pools[0].type, self.layout.order)
         g.meta["llm"] = {
             "architecture": f"ONNX decoder {g.name}", "vocab_size": vocab, "batch": batch, "max_seq": max_seq,
             "num_layers": num_layers, "eos_token_ids": [], "bos_token_id": None,
-            "kv_cache": self.manifest_section(pools[0], {"kv_heads": shape[heads_axis], "head_dim": shape[dim_axis]}),
+            "kv_cache": self.manifest_section(self.pools[0], {"kv_heads": kv_heads, "head_dim": head_dim}),
         }
         return None
 

@@ -153,10 +153,14 @@ class Planner:
         if bad:
             raise UnsupportedOpsError(f"target cuda (graph {self.g.name})", bad)
 
+    def _only_reader(self, v: Value, node: Node) -> bool:
+        """Whether ``node`` is the one op that reads ``v`` (graph outputs aside)."""
+        users = self.users.get(id(v), [])
+        return len(users) == 1 and users[0] is node
+
     def _updatable(self, v: Value, writer: Node) -> bool:
         """Whether ``writer`` may overwrite ``v``'s buffer: nothing else reads ``v``."""
-        users = self.users.get(id(v), [])
-        return len(users) == 1 and users[0] is writer and id(v) not in self.output_ids
+        return self._only_reader(v, writer) and id(v) not in self.output_ids
 
     # ---- attention through views -----------------------------------------------------------------
     def attention_views(self) -> None:
@@ -451,22 +455,24 @@ class Planner:
         that reads those pools: on a decode step (one query per row) the CTA whose key slice holds the new
         position writes it and uses it; longer steps run the write kernel first from the same launcher. One
         launch less per layer and step."""
+        if not self.local_fusion:
+            return plans
         writes = {id(n.outputs[0]): plan for plan in plans if plan.core is not None
                   and plan.core.op == "paged_kv_write" for n in (plan.core, *plan.partners)}
         removed: set[int] = set()
         for plan in plans:
             core = plan.core
-            if not self.local_fusion or core is None or core.op != "paged_attention":
+            if core is None or core.op != "paged_attention":
                 continue
             _, k_pool, v_pool, table, positions = core.inputs
             host = writes.get(id(k_pool))
             if host is None or writes.get(id(v_pool)) is not host or id(host.root) in removed:
                 continue
             nodes = {id(n.outputs[0]): n for n in (host.core, *host.partners)}
-            if set(nodes) != {id(k_pool), id(v_pool)} or any(
-                    n.inputs[1] is not table or n.inputs[2] is not positions
-                    or n.attrs["layout"] != core.attrs["layout"]  # the attention's pool strides serve the write
-                    or [u is core for u in self.users.get(id(n.outputs[0]), [])] != [True] for n in nodes.values()):
+            if set(nodes) != {id(k_pool), id(v_pool)} or not all(
+                    n.inputs[1] is table and n.inputs[2] is positions and self._only_reader(n.outputs[0], core)
+                    and n.attrs["layout"] == core.attrs["layout"]  # the attention's pool strides serve the write
+                    for n in nodes.values()):
                 continue
             plan.partners = [nodes[id(k_pool)], nodes[id(v_pool)]]
             removed.add(id(host.root))
