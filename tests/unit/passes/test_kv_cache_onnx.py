@@ -8,6 +8,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from graphs import padded_prefill
+from greedy import assert_greedy_matches, top2_gap
 
 from qjc.errors import QJCError
 from qjc.ir import Graph
@@ -308,10 +309,10 @@ def test_the_paged_onnx_decoder_builds_for_cuda(model_path, tmp_path):
         verify_against(str(fixed), model_path)
 
 
-def _greedy_reference(session, prompt: list[int], new: int) -> list[int]:
-    """onnxruntime's greedy tokens, past and present threaded by hand."""
+def _greedy_reference(session, prompt: list[int], new: int) -> tuple[list[int], list[float]]:
+    """onnxruntime's greedy tokens, past and present threaded by hand, and its top-2 logit gap per step."""
     past = {n: np.zeros((1, KV_HEADS, 0, HEAD_DIM), np.float32) for n in PAST_NAMES}
-    step, done, out = list(prompt), 0, []
+    step, done, out, gaps = list(prompt), 0, [], []
     for _ in range(new):
         feeds = {"input_ids": np.asarray([step], np.int64), "attention_mask": np.ones((1, done + len(step)), np.int64),
                  "position_ids": np.arange(done, done + len(step), dtype=np.int64)[None], **past}
@@ -320,7 +321,14 @@ def _greedy_reference(session, prompt: list[int], new: int) -> list[int]:
         done += len(step)
         step = [int(np.argmax(logits[0, -1]))]
         out.append(step[0])
-    return out
+        gaps.append(top2_gap(logits[0, -1]))
+    return out, gaps
+
+
+def _check_batch(got: list[list[int]], refs: list[tuple[list[int], list[float]]]) -> None:
+    assert len(got) == len(refs)
+    for k, (tokens, (want, gaps)) in enumerate(zip(got, refs)):
+        assert_greedy_matches(tokens, want, gaps, what=f"prompt {k}")
 
 
 @pytest.mark.cuda
@@ -337,9 +345,9 @@ def test_native_generation_of_an_onnx_decoder_on_cuda(model_path, tmp_path):
     session = ort.InferenceSession(model_path, providers=["CPUExecutionProvider"])
     rng = np.random.default_rng()
     prompts = [[int(t) for t in rng.integers(0, VOCAB, n)] for n in (5, 1, 9)]
-    want = [_greedy_reference(session, p, 8) for p in prompts]
-    assert engine.generate(prompts, max_new_tokens=8, stop_ids=[]) == want
-    assert engine.generate(prompts[2], max_new_tokens=8, stop_ids=[]) == want[2]
+    refs = [_greedy_reference(session, p, 8) for p in prompts]
+    _check_batch(engine.generate(prompts, max_new_tokens=8, stop_ids=[]), refs)
+    assert_greedy_matches(engine.generate(prompts[2], max_new_tokens=8, stop_ids=[]), *refs[2])
 
 
 def test_generate_on_cpu_feeds_presents_back_as_pasts(model_path, tmp_path):
@@ -354,14 +362,17 @@ def test_generate_on_cpu_feeds_presents_back_as_pasts(model_path, tmp_path):
     session = ort.InferenceSession(model_path, providers=["CPUExecutionProvider"])
     engine = qjc.compile(model_path, target="cpu", dims={"past": (0, MAX_SEQ)}, out_dir=tmp_path / "dec.qjc")
     prompts = [[int(t) for t in rng.integers(0, VOCAB, n)] for n in (5, 1)]
-    want = [_greedy_reference(session, p, 8) for p in prompts]
-    assert engine.generate(prompts[0], max_new_tokens=8) == want[0]
-    assert engine.generate(prompts, max_new_tokens=8) == want
-    stop = want[0][2]
-    assert engine.generate(prompts[0], max_new_tokens=8, stop_ids=[stop]) == want[0][: want[0].index(stop) + 1]
+    refs = [_greedy_reference(session, p, 8) for p in prompts]
+    want, gaps = refs[0]
+    assert_greedy_matches(engine.generate(prompts[0], max_new_tokens=8), want, gaps)
+    _check_batch(engine.generate(prompts, max_new_tokens=8), refs)
+    stop = want[2]
+    upto = want.index(stop) + 1
+    assert_greedy_matches(engine.generate(prompts[0], max_new_tokens=8, stop_ids=[stop]), want[:upto], gaps[:upto])
     # the longest request that fits: its last step reads a past of exactly MAX_SEQ positions
     most = MAX_SEQ - len(prompts[0]) + 2
-    assert engine.generate(prompts[0], max_new_tokens=most, stop_ids=[]) == _greedy_reference(session, prompts[0], most)
+    assert_greedy_matches(engine.generate(prompts[0], max_new_tokens=most, stop_ids=[]),
+                          *_greedy_reference(session, prompts[0], most))
     with pytest.raises(QJCError, match="exceeds the past length"):
         engine.generate(prompts[0], max_new_tokens=most + 1)
     with pytest.raises(QJCError, match="no tokenizer"):
@@ -371,7 +382,7 @@ def test_generate_on_cpu_feeds_presents_back_as_pasts(model_path, tmp_path):
                         out_dir=tmp_path / "fixed.qjc")
     assert [s.shape[0] for s in fixed.signature.inputs] == [1] * len(fixed.signature.inputs)
     assert "batch" not in fixed.signature.symbol_ranges
-    assert fixed.generate(prompts[1], max_new_tokens=8) == want[1]
+    assert_greedy_matches(fixed.generate(prompts[1], max_new_tokens=8), *refs[1])
     pair = qjc.compile(model_path, target="cpu", dims={"past": (0, MAX_SEQ), "batch": (2, 2)})
     with pytest.raises(QJCError, match="batch of 2"):
         pair.generate(prompts[1], max_new_tokens=2)

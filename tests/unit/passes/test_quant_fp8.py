@@ -63,7 +63,8 @@ def test_fp8_mode_quantizes_weights_and_activations_close_to_float():
     assert sum(n.op == "quantize" for n in g.nodes) == 2
     (got,) = run(g, [x])
     rel = np.linalg.norm(got - want) / np.linalg.norm(want)
-    assert rel < 0.08, rel
+    # about 0.05 (3 mantissa bits on both operands); a rare draw with a small output reaches 0.09
+    assert rel < 0.12, rel
     assert rel > 0  # the activations really went through fp8
 
 
