@@ -24,12 +24,12 @@ import os
 import platform
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
+from scratch import scratch_dir  # bench/ is sys.path[0] when a script here runs
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "RESULTS.md"
@@ -196,7 +196,7 @@ def bench_minilm(args, log) -> list[str]:
     example = torch.from_numpy(rng.integers(1000, 30000, (2, 16)).astype(np.int64))
     graph = from_torch(model, (example, torch.ones_like(example)),
                        dynamic_shapes=({0: batch, 1: seq}, {0: batch, 1: seq}))
-    tmp = Path(tempfile.mkdtemp(prefix="qjc-bench-"))
+    tmp = scratch_dir("qjc-bench-")
     result, compile_s, stages = timed_build(graph, tmp / "minilm.qjc", cpu=args.cpu, threads=args.threads)
     engine = load(tmp / "minilm.qjc")
     flops = minilm_flops(result.artifact.load_graph())
@@ -332,7 +332,7 @@ def bench_decoder(args, log) -> list[str]:
     max_seq = args.max_seq
     log("SmolLM2: exporting the static-cache decoder and compiling ...")
     graph = export_decoder(lm, batch=1, max_seq=max_seq)
-    tmp = Path(tempfile.mkdtemp(prefix="qjc-bench-"))
+    tmp = scratch_dir("qjc-bench-")
     _, compile_s, stages = timed_build(graph, tmp / "smollm2.qjc", cpu=args.cpu, threads=args.threads)
     engine = load(tmp / "smollm2.qjc")
 

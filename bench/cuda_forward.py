@@ -16,12 +16,12 @@ import argparse
 import json
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
+from scratch import scratch_dir  # bench/ is sys.path[0] when a script here runs
 
 MINILM = dict(hidden_size=384, num_hidden_layers=6, num_attention_heads=12, intermediate_size=1536,
               vocab_size=30522, max_position_embeddings=512, type_vocab_size=2, layer_norm_eps=1e-12)
@@ -182,7 +182,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"# {gpu} ({arch}), torch {torch.__version__}, {time.strftime('%Y-%m-%d')}")
     print(f"# measured: copy {bandwidth / 1e12:.2f} TB/s (read + write), bf16 matmul {rate / 1e12:.0f} TFLOP/s")
     rows = []
-    tmp = Path(tempfile.mkdtemp(prefix="qjc-bench-"))
+    tmp = scratch_dir("qjc-bench-")
     for name, module, inputs, tokens, attn, io in workloads():
         if args.only and args.only not in name:
             continue

@@ -10,13 +10,13 @@ the other slots padding) and prints the worst logit error per length. fp32 kerne
 from __future__ import annotations
 
 import argparse
-import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
 import transformers
+from scratch import scratch_dir  # bench/ is sys.path[0] when a script here runs
 
 import qjc
 from qjc.verify import paged_prompt_inputs
@@ -44,7 +44,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--work", help="directory for the model and the artifacts (default: a new temporary one)")
     args = parser.parse_args()
-    root = Path(args.work or tempfile.mkdtemp())
+    root = Path(args.work) if args.work else scratch_dir("qjc-logit-error-")
     random_llama().save_pretrained(root / "model")
     model64 = transformers.LlamaForCausalLM.from_pretrained(root / "model", torch_dtype=torch.float64).eval()
     rng = np.random.default_rng(5)
