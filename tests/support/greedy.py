@@ -14,10 +14,12 @@ def top2_gap(logits: np.ndarray) -> float:
 
 
 def assert_greedy_matches(got: list[int], want: list[int], gaps: list[float], near: float = 1e-3,
-                          what: str = "") -> None:
+                          what: str = "") -> int | None:
+    """Returns the step of the first divergence (None where the tokens are equal), for a test's report."""
     first = next((i for i, (a, b) in enumerate(zip(got, want)) if a != b), None)
     if first is None:
         assert len(got) == len(want), f"{what}: {len(got)} tokens where the reference has {len(want)}: {got} / {want}"
-        return
+        return None
     assert gaps[first] < near, (f"{what}: diverges at step {first} ({got} / {want}), where the reference's top-2 "
                                 f"logit gap is {gaps[first]:.2e}, not a near-tie (< {near})")
+    return first

@@ -240,12 +240,9 @@ def test_smollm2_bf16_diverges_only_at_near_ties(smollm2, tmp_path):
     for prompt in PROMPTS[:5]:
         want, gaps = _reference_greedy(model, tokenizer, prompt, 64)
         got = engine.generate(tokenizer.encode(prompt), max_new_tokens=64, stop_ids=[])
-        first = next((i for i, (a, b) in enumerate(zip(got, want)) if a != b), None)
-        if first is None:
-            report.append(f"{prompt!r}: identical")
-            continue
-        report.append(f"{prompt!r}: diverges at {first}, top-2 logit gap there {gaps[first]:.4f}")
-        assert gaps[first] < 0.5, report[-1]
+        first = assert_greedy_matches(got, want, gaps, near=0.5, what=repr(prompt))
+        report.append(f"{prompt!r}: " + ("identical" if first is None else
+                                         f"diverges at {first}, top-2 logit gap there {gaps[first]:.4f}"))
     print("\n".join(report))
 
 
@@ -309,7 +306,6 @@ def test_random_llama_greedy_and_batching_match_transformers(random_llama):
     for k, (tokens, (want, gaps)) in enumerate(zip(engine.generate(prompts, max_new_tokens=24, stop_ids=[]), refs)):
         assert_greedy_matches(tokens, want, gaps, what=f"prompt {k}")
     assert_greedy_matches(engine.generate(prompts[2], max_new_tokens=24, stop_ids=[]), *refs[2], what="alone")
-
 
 
 @pytest.mark.parametrize("length", [1, 16, 17, 37, 64, 120])
